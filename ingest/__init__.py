@@ -1,0 +1,1 @@
+"""CareWatch ingest: consumes readings from MQTT, stores them, serves the HTTP API."""

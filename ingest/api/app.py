@@ -1,0 +1,64 @@
+"""The ingest service as a FastAPI app: start-up in order, then serve and consume.
+
+Start-up: bounded wait for the database, migrations, partitions, then the pool, the MQTT
+consumer and the routes. Shutdown: the consumer finishes its batch and disconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import psycopg
+from fastapi import FastAPI
+
+from analytics.rules import load_rules
+from ingest import db
+from ingest.api.routes import flags, health, operations, patients
+from ingest.consumer import ReadingConsumer
+from ingest.counters import IngestCounters
+from ingest.settings import IngestSettings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: IngestSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db.wait_for_database(settings.database_url, settings.db_wait_seconds)
+        applied = db.migrate(settings.database_url)
+        if applied:
+            log.info("migrations applied: %s", ", ".join(applied))
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            db.ensure_partitions(conn)
+        app.state.settings = settings
+        app.state.rules = load_rules(Path(settings.rules_file) if settings.rules_file else None)
+        app.state.counters = IngestCounters()
+        app.state.pool = db.make_pool(settings.database_url, name="ingest-api")
+        app.state.consumer = None
+        if settings.consume:
+            app.state.consumer = ReadingConsumer(settings, app.state.counters)
+            app.state.consumer.start()
+        log.info("ingest ready")
+        try:
+            yield
+        finally:
+            if app.state.consumer is not None:
+                app.state.consumer.stop()
+            app.state.pool.close()
+
+    app = FastAPI(
+        title="CareWatch API",
+        version="1",
+        summary="Readings, flags and patients of the CareWatch remote monitoring pipeline.",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    app.include_router(patients.router)
+    app.include_router(flags.router)
+    app.include_router(operations.router)
+    return app

@@ -1,0 +1,82 @@
+"""Flags: the triage queue, one flag's story, and acknowledging it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BaseModel, Field
+
+from analytics import flag_store
+from ingest.api.deps import CallerDep, ConnDep, audited
+
+router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
+
+FlagStatus = Literal["open", "acknowledged", "resolved"]
+
+
+class FlagNote(BaseModel):
+    note: str | None = Field(None, max_length=2000)
+
+
+@router.get("")
+def list_flags(
+    conn: ConnDep,
+    caller: CallerDep,
+    status_: Annotated[list[FlagStatus] | None, Query(alias="status")] = None,
+    patient_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 500,
+) -> list[dict[str, Any]]:
+    """Flags by severity (critical first), then age (oldest first). Default: not resolved."""
+    statuses = tuple(status_) if status_ else ("open", "acknowledged")
+    flags = flag_store.list_flags(conn, statuses=statuses, patient_id=patient_id, limit=limit)
+    resource = f"patient/{patient_id}/flags" if patient_id else "flags"
+    audited(conn, caller, action="read.flags", resource=resource, outcome="ok")
+    return flags
+
+
+@router.get("/counts")
+def counts(conn: ConnDep, caller: CallerDep) -> dict[str, int]:
+    """Open and acknowledged flags per severity."""
+    return flag_store.counts_by_severity(conn)
+
+
+@router.get("/{flag_id}")
+def get_flag(flag_id: int, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
+    """One flag with the readings that raised it and its history."""
+    flag = flag_store.get_flag(conn, flag_id=flag_id)
+    outcome = "ok" if flag else "not_found"
+    audited(conn, caller, action="read.flag", resource=f"flag/{flag_id}", outcome=outcome)
+    if flag is None:
+        conn.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such flag")
+    return flag
+
+
+@router.post("/{flag_id}/acknowledge")
+def acknowledge(
+    flag_id: int, conn: ConnDep, caller: CallerDep, body: FlagNote | None = None
+) -> dict[str, Any]:
+    """Mark a flag as seen by the caller. Acknowledging twice is harmless."""
+    try:
+        flag = flag_store.acknowledge_flag(
+            conn, flag_id=flag_id, actor=caller.user, note=body.note if body else None
+        )
+    except flag_store.FlagStateError as exc:
+        audited(
+            conn,
+            caller,
+            action="write.flag.acknowledge",
+            resource=f"flag/{flag_id}",
+            outcome="conflict",
+        )
+        conn.commit()
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    outcome = "ok" if flag else "not_found"
+    audited(
+        conn, caller, action="write.flag.acknowledge", resource=f"flag/{flag_id}", outcome=outcome
+    )
+    if flag is None:
+        conn.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such flag")
+    return flag

@@ -1,0 +1,40 @@
+"""Liveness, readiness and metrics: for operators and orchestrators, no patient data."""
+
+from __future__ import annotations
+
+import psycopg
+from fastapi import APIRouter, Request, Response, status
+from fastapi.responses import PlainTextResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request, response: Response) -> dict[str, object]:
+    """The database answers and, when this worker consumes, the broker is connected."""
+    checks: dict[str, bool] = {}
+    try:
+        with request.app.state.pool.connection(timeout=2.0) as conn:
+            conn.execute("SELECT 1")
+        checks["database"] = True
+    except (psycopg.Error, TimeoutError) as exc:  # PoolTimeout subclasses psycopg.Error
+        checks["database"] = False
+        request.app.state.last_db_error = type(exc).__name__
+    consumer = request.app.state.consumer
+    checks["broker"] = consumer.connected if consumer is not None else True
+    ready = all(checks.values())
+    if not ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return {"ready": ready, "checks": checks}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request) -> str:
+    """Prometheus text format."""
+    return request.app.state.counters.render()

@@ -1,0 +1,34 @@
+"""What operators and the dashboard need besides patient data: thresholds and the quarantine."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from ingest import quarantine
+from ingest.api.deps import CallerDep, ConnDep, audited
+
+router = APIRouter(prefix="/api/v1", tags=["operations"])
+
+
+@router.get("/thresholds")
+def thresholds(
+    request: Request,
+    caller: CallerDep,
+    loinc: Annotated[str | None, Query(max_length=16)] = None,
+) -> dict[str, Any]:
+    """The rule set in force: its version, and the threshold lines to draw on charts."""
+    rules = request.app.state.rules
+    return {"version": rules.version, "lines": rules.threshold_lines(loinc)}
+
+
+@router.get("/quarantine")
+def recent_quarantine(
+    conn: ConnDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """The latest quarantined messages and readings, newest first."""
+    audited(conn, caller, action="read.quarantine", resource="quarantine", outcome="ok")
+    return quarantine.recent(conn, limit=limit)

@@ -1,0 +1,103 @@
+"""Patients and their readings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.readings import patient_readings
+
+router = APIRouter(prefix="/api/v1/patients", tags=["patients"])
+
+
+@router.get("")
+def list_patients(conn: ConnDep, caller: CallerDep) -> list[dict[str, Any]]:
+    """Every patient with their latest reading time and open flags."""
+    rows = conn.execute(
+        "SELECT p.patient_id, p.display_name, p.program, p.spo2_scale,"
+        " (SELECT max(d.last_reading_at) FROM devices d WHERE d.patient_id = p.patient_id),"
+        " (SELECT count(*) FROM flags f WHERE f.patient_id = p.patient_id"
+        "  AND f.status <> 'resolved'),"
+        " (SELECT string_agg(DISTINCT gp.gateway_id, ',') FROM gateway_patients gp"
+        "  WHERE gp.patient_id = p.patient_id)"
+        " FROM patients p ORDER BY p.display_name, p.patient_id"
+    ).fetchall()
+    audited(conn, caller, action="read.patients", resource="patients", outcome="ok")
+    return [
+        {
+            "patient_id": r[0],
+            "display_name": r[1],
+            "program": r[2],
+            "spo2_scale": r[3],
+            "last_reading_at": r[4],
+            "open_flags": r[5],
+            "gateways": r[6].split(",") if r[6] else [],
+        }
+        for r in rows
+    ]
+
+
+@router.get("/{patient_id}")
+def get_patient(patient_id: str, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
+    """One patient with their devices and gateways."""
+    row = conn.execute(
+        "SELECT patient_id, display_name, program, spo2_scale, birth_date, phone"
+        " FROM patients WHERE patient_id = %s",
+        (patient_id,),
+    ).fetchone()
+    resource = f"patient/{patient_id}"
+    if row is None:
+        audited(conn, caller, action="read.patient", resource=resource, outcome="not_found")
+        conn.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
+    devices = conn.execute(
+        "SELECT d.device_id, d.device_type, d.gateway_id, d.last_reading_at, d.battery_percent,"
+        " g.state, g.last_seen_at FROM devices d JOIN gateways g USING (gateway_id)"
+        " WHERE d.patient_id = %s ORDER BY d.device_type, d.device_id",
+        (patient_id,),
+    ).fetchall()
+    audited(conn, caller, action="read.patient", resource=resource, outcome="ok")
+    return {
+        "patient_id": row[0],
+        "display_name": row[1],
+        "program": row[2],
+        "spo2_scale": row[3],
+        "birth_date": row[4],
+        "phone": row[5],
+        "devices": [
+            {
+                "device_id": d[0],
+                "device_type": d[1],
+                "gateway_id": d[2],
+                "last_reading_at": d[3],
+                "battery_percent": d[4],
+                "gateway_state": d[5],
+                "gateway_last_seen_at": d[6],
+            }
+            for d in devices
+        ],
+    }
+
+
+@router.get("/{patient_id}/readings")
+def get_readings(
+    patient_id: str,
+    conn: ConnDep,
+    caller: CallerDep,
+    days: Annotated[int, Query(ge=1, le=366)] = 7,
+    loinc: Annotated[str | None, Query(max_length=16)] = None,
+) -> list[dict[str, Any]]:
+    """The patient's readings over the last ``days`` days, oldest first."""
+    resource = f"patient/{patient_id}/readings"
+    exists = conn.execute("SELECT 1 FROM patients WHERE patient_id = %s", (patient_id,)).fetchone()
+    if exists is None:
+        audited(conn, caller, action="read.readings", resource=resource, outcome="not_found")
+        conn.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
+    since = datetime.now(UTC) - timedelta(days=days)
+    rows = patient_readings(conn, patient_id=patient_id, since=since, loinc=loinc)
+    audited(conn, caller, action="read.readings", resource=resource, outcome="ok")
+    return rows

@@ -1,0 +1,335 @@
+"""The MQTT consumer: readings in, committed rows and acks out, nothing lost or doubled.
+
+Flow for each micro-batch (bounded by size and by time, whichever comes first):
+
+1. take messages from the broker's delivery queue (paho ``manual_ack``: the broker keeps them
+   as unacknowledged until step 4);
+2. validate each against the wire contract and the gateway's bindings; anything bad goes to the
+   quarantine with its reason;
+3. in one transaction: COPY the good readings (idempotent on the reading id) and the
+   quarantine rows, then commit;
+4. after the commit: publish an ack to each gateway, then acknowledge the messages to the
+   broker.
+
+A crash before step 4 means the broker redelivers (persistent session) and the gateway resends
+(its outbox keeps every reading until acked); the idempotent insert turns both into counted
+duplicates. A database outage holds the batch and retries it; nothing is acknowledged that is
+not committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+import psycopg
+
+from carewatch_contract import topics
+from carewatch_contract.broker import BrokerEndpoint, make_client, start_connecting
+from carewatch_contract.messages import (
+    Ack,
+    AckRejection,
+    ContractError,
+    encode_ack,
+    parse_reading_batch,
+    parse_status,
+)
+from ingest import quarantine
+from ingest.counters import IngestCounters
+from ingest.readings import StoredReading, insert_readings
+from ingest.registry import BindingCache
+from ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+#: Reasons that concern who sent a reading rather than what it says. The gateway gets no ack
+#: for these: its readings stay in its outbox until an operator fixes the enrolment.
+UNAUTHORISED_REASONS = frozenset({"unknown_gateway", "gateway_mismatch", "patient_not_bound"})
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as the broker delivered it."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What one micro-batch will write and whom it will tell."""
+
+    readings: list[StoredReading] = field(default_factory=list)
+    quarantined: list[quarantine.QuarantineEntry] = field(default_factory=list)
+    acks: dict[str, list[str]] = field(default_factory=dict)
+    rejections: dict[str, list[AckRejection]] = field(default_factory=dict)
+    statuses: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def plan_batch(
+    deliveries: list[Delivery],
+    *,
+    bound_patients: Callable[[str], frozenset[str] | None],
+    max_payload_bytes: int,
+) -> BatchPlan:
+    """Sort a batch of deliveries into readings to store, quarantine entries and acks.
+
+    ``bound_patients(gateway_id)`` returns the patients bound to a gateway, or None when the
+    gateway is unknown.
+    """
+    plan = BatchPlan()
+    for d in deliveries:
+        topic_gateway = topics.gateway_id_from_topic(d.topic)
+        if d.topic.endswith("/" + topics.STATUS) and topic_gateway:
+            plan.statuses.append((topic_gateway, d.payload))
+            continue
+        if not d.topic.endswith("/" + topics.READINGS) or topic_gateway is None:
+            continue  # receipts and other topics are handled elsewhere
+
+        def reject(reason: str, detail: str, d: Delivery = d, gw: str = topic_gateway) -> None:
+            plan.quarantined.append(
+                quarantine.QuarantineEntry(d.topic, gw, reason, detail, d.payload)
+            )
+
+        if len(d.payload) > max_payload_bytes:
+            reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
+            continue
+        try:
+            batch = parse_reading_batch(d.payload)
+        except ContractError as exc:
+            reject(exc.reason, exc.detail)
+            continue
+        if batch.gateway_id != topic_gateway:
+            reject("gateway_mismatch", "payload gateway_id differs from the topic's gateway")
+            continue
+        patients = bound_patients(topic_gateway)
+        if patients is None:
+            reject("unknown_gateway", "no gateway with this id is enrolled")
+            continue
+        committed = plan.acks.setdefault(topic_gateway, [])
+        rejected = plan.rejections.setdefault(topic_gateway, [])
+        for bad in batch.rejected:
+            plan.quarantined.append(
+                quarantine.entry_for_reading(
+                    topic=d.topic,
+                    gateway_id=topic_gateway,
+                    reading_id=bad.reading_id,
+                    reason=bad.reason,
+                    detail=bad.detail,
+                    reading=bad.raw,
+                )
+            )
+            if bad.reading_id:
+                rejected.append(AckRejection(bad.reading_id, bad.reason))
+        for reading in batch.readings:
+            if reading.patient_id not in patients:
+                plan.quarantined.append(
+                    quarantine.entry_for_reading(
+                        topic=d.topic,
+                        gateway_id=topic_gateway,
+                        reading_id=reading.reading_id,
+                        reason="patient_not_bound",
+                        detail="the reading's patient is not bound to this gateway",
+                        reading={"reading_id": reading.reading_id, "seq": reading.seq},
+                    )
+                )
+                continue
+            plan.readings.append(StoredReading(topic_gateway, reading))
+            committed.append(reading.reading_id)
+    return plan
+
+
+class ReadingConsumer:
+    """Owns the MQTT client and the writer thread of one ingest worker."""
+
+    def __init__(self, settings: IngestSettings, counters: IngestCounters) -> None:
+        self._settings = settings
+        self._counters = counters
+        self._deliveries: queue.Queue[Delivery] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._bindings = BindingCache()
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
+        self._client = make_client(
+            self._endpoint,
+            client_id=settings.mqtt_client_id,
+            protocol=settings.mqtt_protocol,
+            username=settings.mqtt_username,
+            password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
+            ca_file=settings.mqtt_ca_file,
+            manual_ack=True,
+            persistent_session=True,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        log.info("connecting to MQTT broker %s", self._endpoint.redacted())
+        start_connecting(
+            self._client,
+            self._endpoint,
+            protocol=self._settings.mqtt_protocol,
+            persistent_session=True,
+        )
+        self._client.loop_start()
+        self._writer.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Finish the batch in hand, then disconnect. Unacked messages stay on the broker."""
+        self._stop.set()
+        self._writer.join(timeout_s)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # -- paho callbacks (network thread): no I/O besides queueing --------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.warning("MQTT connection refused: %s", reason_code)
+            return
+        client.subscribe(
+            [
+                (self._settings.readings_subscription, 1),
+                (topics.all_gateways(topics.STATUS), 1),
+            ]
+        )
+        self._connected.set()
+        log.info("MQTT connected (session present: %s)", flags.session_present)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        self._connected.clear()
+        log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
+        self._deliveries.put(Delivery(message.topic, message.payload, message.mid, message.qos))
+
+    # -- writer thread -------------------------------------------------------------------
+
+    def _next_batch(self) -> list[Delivery]:
+        try:
+            first = self._deliveries.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._settings.batch_max_wait_ms / 1000
+        while len(batch) < self._settings.batch_max_messages:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._deliveries.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _write_loop(self) -> None:
+        conn: psycopg.Connection | None = None
+        batch: list[Delivery] = []
+        backoff = 0.5
+        while not (self._stop.is_set() and not batch):
+            if not batch:
+                batch = self._next_batch()
+                if not batch:
+                    continue
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self._settings.database_url, connect_timeout=5)
+                self._commit_and_ack(conn, batch)
+                batch = []
+                backoff = 0.5
+            except psycopg.OperationalError as exc:
+                # The database is away: keep the batch, acknowledge nothing, retry.
+                self._counters.add(database_errors=1)
+                log.warning("database unavailable (%s); retrying in %.1f s", exc, backoff)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                if self._stop.wait(backoff):
+                    break  # shutting down: the broker redelivers the held batch
+                backoff = min(backoff * 2, 5.0)
+        if conn is not None:
+            conn.close()
+
+    def _commit_and_ack(self, conn: psycopg.Connection, batch: list[Delivery]) -> None:
+        plan = plan_batch(
+            batch,
+            bound_patients=lambda gw: self._bindings.lookup(conn, gw),
+            max_payload_bytes=self._settings.max_payload_bytes,
+        )
+        with conn.transaction():
+            inserted = insert_readings(conn, plan.readings)
+            quarantine.store(
+                conn, plan.quarantined, keep_bytes=self._settings.quarantine_keep_bytes
+            )
+            for gateway_id, payload in plan.statuses:
+                _store_status(conn, gateway_id, payload)
+        duplicates = len(plan.readings) - len(inserted)
+        self._counters.add(
+            messages=len(batch),
+            committed=len(inserted),
+            duplicates=duplicates,
+            batches=1,
+            quarantined=Counter(q.reason for q in plan.quarantined),
+        )
+        if plan.quarantined:
+            log.info(
+                "quarantined %d item(s): %s",
+                len(plan.quarantined),
+                dict(Counter(q.reason for q in plan.quarantined)),
+            )
+        for gateway_id in plan.acks.keys() | plan.rejections.keys():
+            committed = plan.acks.get(gateway_id, [])
+            rejected = plan.rejections.get(gateway_id, [])
+            if committed or rejected:
+                self._client.publish(
+                    topics.gateway_topic(gateway_id, topics.ACKS),
+                    encode_ack(Ack(gateway_id, tuple(committed), tuple(rejected))),
+                    qos=1,
+                )
+        for d in batch:
+            self._client.ack(d.mid, d.qos)
+
+
+def _store_status(conn: psycopg.Connection, gateway_id: str, payload: bytes) -> None:
+    """Record a gateway's retained status (online/offline, devices' battery)."""
+    try:
+        status = parse_status(payload)
+    except ContractError as exc:
+        log.info("ignoring malformed status from a gateway: %s", exc.reason)
+        return
+    if status.gateway_id != gateway_id:
+        return
+    conn.execute(
+        "UPDATE gateways SET state = %s, state_at = coalesce(%s, now()), software ="
+        " coalesce(%s, software), outbox_pending = coalesce(%s, outbox_pending),"
+        " last_seen_at = CASE WHEN %s = 'online' THEN now() ELSE last_seen_at END"
+        " WHERE gateway_id = %s",
+        (
+            str(status.state),
+            status.at,
+            status.software,
+            status.outbox_pending,
+            str(status.state),
+            gateway_id,
+        ),
+    )
+    for device in status.devices:
+        if device.battery_percent is not None:
+            conn.execute(
+                "UPDATE devices SET battery_percent = %s WHERE gateway_id = %s AND device_id = %s",
+                (device.battery_percent, gateway_id, device.device_id),
+            )

@@ -1,0 +1,106 @@
+"""Database access for the server side: a bounded wait at start, migrations, the pool."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_PACKAGE = "ingest.migrations"
+# Any fixed 64-bit number: only one process migrates at a time.
+MIGRATION_LOCK_ID = 0x6361726577617463
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database did not answer within the configured wait."""
+
+
+def wait_for_database(url: str, timeout_s: float) -> None:
+    """Return once the database accepts a connection; raise after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            with psycopg.connect(url, connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+            return
+        except psycopg.OperationalError as exc:
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL did not answer within {timeout_s:.0f} s: {exc}. "
+                    "Check DATABASE_URL and that the server is running."
+                ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _migration_files(storage: str) -> list[tuple[str, str]]:
+    """(version, sql) in order; a file ``NNNN_name.<storage>.sql`` applies to one storage kind."""
+    chosen: dict[str, tuple[str, str]] = {}
+    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+        name = entry.name
+        if not name.endswith(".sql"):
+            continue
+        stem = name.removesuffix(".sql")
+        base, _, variant = stem.partition(".")
+        if variant and variant != storage:
+            continue
+        chosen[base] = (base, entry.read_text(encoding="utf-8"))
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def storage_kind(conn: psycopg.Connection) -> str:
+    """``timescale`` when the TimescaleDB extension is installed or available, else ``native``."""
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    return "timescale" if row else "native"
+
+
+def migrate(url: str) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; return their names."""
+    applied_now: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY,"
+                " storage text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT storage FROM schema_migrations LIMIT 1").fetchone()
+            storage = row[0] if row else storage_kind(conn)
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, sql in _migration_files(storage):
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, storage) VALUES (%s, %s)",
+                        (version, storage),
+                    )
+                log.info("applied migration %s (%s storage)", version, storage)
+                applied_now.append(version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    return applied_now
+
+
+def ensure_partitions(conn: psycopg.Connection) -> None:
+    """Create the coming months' reading partitions (a no-op on TimescaleDB)."""
+    conn.execute("SELECT carewatch_ensure_reading_partitions()")
+
+
+def make_pool(
+    url: str, *, min_size: int = 1, max_size: int = 4, name: str = "carewatch"
+) -> ConnectionPool:
+    return ConnectionPool(
+        url, min_size=min_size, max_size=max_size, name=name, open=True, timeout=10.0
+    )

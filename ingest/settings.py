@@ -1,0 +1,62 @@
+"""The ingest service's settings, from the environment, validated at start."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_API_TOKEN = "carewatch-dev-token"  # noqa: S105 - refused outside development
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+
+    environment: Literal["development", "test", "production"] = Field(
+        "production", alias="CAREWATCH_ENV"
+    )
+    database_url: str = Field(alias="DATABASE_URL")
+    mqtt_url: str = Field(alias="MQTT_URL")
+    mqtt_protocol: Literal["5", "3.1.1"] = Field("5", alias="MQTT_PROTOCOL")
+    mqtt_username: str | None = Field(None, alias="MQTT_USERNAME")
+    mqtt_password: SecretStr | None = Field(None, alias="MQTT_PASSWORD")
+    mqtt_ca_file: str | None = Field(None, alias="MQTT_CA_FILE")
+    mqtt_client_id: str = Field("carewatch-ingest-1", alias="INGEST_CLIENT_ID")
+    # With a group, workers share one subscription ($share/<group>/...) to scale out.
+    mqtt_shared_group: str | None = Field(None, alias="INGEST_SHARED_GROUP")
+    consume: bool = Field(True, alias="INGEST_CONSUME")
+    batch_max_messages: int = Field(200, ge=1, le=10_000, alias="INGEST_BATCH_MAX_MESSAGES")
+    batch_max_wait_ms: int = Field(50, ge=1, le=5_000, alias="INGEST_BATCH_MAX_WAIT_MS")
+    max_payload_bytes: int = Field(256 * 1024, alias="INGEST_MAX_PAYLOAD_BYTES")
+    quarantine_keep_bytes: int = Field(16 * 1024, alias="INGEST_QUARANTINE_KEEP_BYTES")
+    api_token: SecretStr = Field(SecretStr(DEVELOPMENT_API_TOKEN), alias="CAREWATCH_API_TOKEN")
+    db_wait_seconds: float = Field(30.0, alias="INGEST_DB_WAIT_SECONDS")
+    rules_file: str | None = Field(None, alias="RULES_FILE")
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_outside_development(self) -> IngestSettings:
+        if (
+            self.environment == "production"
+            and self.api_token.get_secret_value() == DEVELOPMENT_API_TOKEN
+        ):
+            raise ValueError(
+                "CAREWATCH_API_TOKEN is the development default; set a real token "
+                "(or CAREWATCH_ENV=development for a local run)"
+            )
+        return self
+
+    @property
+    def readings_subscription(self) -> str:
+        from carewatch_contract import topics
+
+        topic_filter = topics.all_gateways(topics.READINGS)
+        if self.mqtt_shared_group:
+            return f"$share/{self.mqtt_shared_group}/{topic_filter}"
+        return topic_filter
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> IngestSettings:
+    return IngestSettings()  # type: ignore[call-arg]
