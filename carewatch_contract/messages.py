@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -210,15 +211,25 @@ def reading_to_dict(reading: Reading) -> dict[str, Any]:
     }
 
 
+def encode_reading(reading: Reading) -> str:
+    """One reading as compact JSON, as it sits in the gateway's outbox until acked."""
+    return json.dumps(reading_to_dict(reading), separators=(",", ":"), allow_nan=False)
+
+
 def encode_reading_batch(batch: ReadingBatch) -> bytes:
-    return _dumps(
-        {
-            "v": VERSION,
-            "gateway_id": batch.gateway_id,
-            "sent_at": _iso(batch.sent_at),
-            "readings": [reading_to_dict(r) for r in batch.readings],
-        }
+    return encode_reading_batch_json(
+        batch.gateway_id, batch.sent_at, [encode_reading(r) for r in batch.readings]
     )
+
+
+def encode_reading_batch_json(
+    gateway_id: str, sent_at: datetime, readings_json: Sequence[str]
+) -> bytes:
+    """A readings message from readings already encoded with :func:`encode_reading`."""
+    if not 1 <= len(readings_json) <= MAX_READINGS_PER_MESSAGE:
+        raise ValueError(f"a message carries 1-{MAX_READINGS_PER_MESSAGE} readings")
+    head = _dumps({"v": VERSION, "gateway_id": gateway_id, "sent_at": _iso(sent_at)})
+    return head[:-1] + b',"readings":[' + ",".join(readings_json).encode() + b"]}"
 
 
 def encode_ack(ack: Ack) -> bytes:

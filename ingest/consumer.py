@@ -247,7 +247,9 @@ class ReadingConsumer:
                     continue
             try:
                 if conn is None or conn.closed:
-                    conn = psycopg.connect(self._settings.database_url, connect_timeout=5)
+                    conn = psycopg.connect(
+                        self._settings.database_url, connect_timeout=5, autocommit=True
+                    )
                 self._commit_and_ack(conn, batch)
                 batch = []
                 backoff = 0.5

@@ -1,0 +1,207 @@
+"""The gateway's core path: device bytes in, numbered readings in the outbox out.
+
+Bluetooth and simulated devices both end here, through the same decoder:
+``accept(device, characteristic, payload)`` decodes the characteristic value, turns it into
+canonical observations (LOINC, UCUM), stamps each with its clinical time, and stores the
+readings of the measurement atomically in the outbox. Bytes that fail to decode are kept for
+inspection and never published.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+
+from carewatch_contract.ids import new_uuid7
+from carewatch_contract.messages import DeviceStatus, DeviceTime, Reading, TimeSource
+from gateway_agent.devices import EnrolledDevice
+from gateway_agent.gatt import GattDecodeError, decode
+from gateway_agent.gatt.date_time import DateTimeFields
+from gateway_agent.observations import measurement_time, observations_from
+from gateway_agent.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicalTime:
+    measured_at: datetime
+    source: TimeSource
+
+
+def clinical_time(
+    device_time: DateTimeFields | None,
+    *,
+    received_at: datetime,
+    tz: tzinfo,
+    max_drift_s: float,
+    stored_record: bool,
+) -> ClinicalTime:
+    """When the measurement was taken, as well as the gateway can tell.
+
+    The device's clock is trusted when it is known and, for a live measurement, within
+    ``max_drift_s`` of the gateway's clock. A stored record replayed later keeps its own time
+    (it may be days old), unless that time lies in the future. Otherwise the gateway's receive
+    time is used and the reading says so.
+    """
+    device_moment = device_time.to_datetime(tz) if device_time is not None else None
+    if device_moment is not None:
+        offset_s = (device_moment - received_at).total_seconds()
+        trusted = offset_s <= max_drift_s if stored_record else abs(offset_s) <= max_drift_s
+        if trusted:
+            return ClinicalTime(device_moment.astimezone(UTC), TimeSource.DEVICE)
+    return ClinicalTime(received_at.astimezone(UTC), TimeSource.GATEWAY)
+
+
+def build_readings(
+    device: EnrolledDevice,
+    characteristic: str,
+    payload: bytes,
+    *,
+    received_at: datetime,
+    tz: tzinfo,
+    max_drift_s: float,
+    stored_record: bool = False,
+    new_id: Callable[[], str] = new_uuid7,
+) -> list[Reading]:
+    """The readings of one characteristic value (unnumbered: ``seq`` is 0 until stored).
+
+    Raises GattDecodeError when the bytes are not a valid value of the characteristic.
+    """
+    decoded = decode(characteristic, payload)
+    observations = observations_from(decoded)
+    if not observations:
+        return []
+    device_fields = measurement_time(decoded)
+    when = clinical_time(
+        device_fields,
+        received_at=received_at,
+        tz=tz,
+        max_drift_s=max_drift_s,
+        stored_record=stored_record,
+    )
+    device_time = (
+        None
+        if device_fields is None
+        else DeviceTime(
+            device_fields.year,
+            device_fields.month,
+            device_fields.day,
+            device_fields.hours,
+            device_fields.minutes,
+            device_fields.seconds,
+        )
+    )
+    measurement_id = new_id()
+    return [
+        Reading(
+            reading_id=new_id(),
+            measurement_id=measurement_id,
+            seq=0,
+            patient_id=device.patient_id,
+            device_id=device.device_id,
+            device_type=device.device_type,
+            loinc=obs.loinc,
+            unit=obs.unit,
+            value=obs.value,
+            measured_at=when.measured_at,
+            time_source=when.source,
+            received_at=received_at.astimezone(UTC),
+            characteristic=characteristic.upper(),
+            raw_hex=payload.hex(),
+            device_time=device_time,
+        )
+        for obs in observations
+    ]
+
+
+class GatewayAgent:
+    """Accepts characteristic values from any source and keeps the devices' liveness."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        tz: tzinfo | None = None,
+        max_drift_s: float = 600.0,
+        on_new_readings: Callable[[], None] | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._tz = tz or datetime.now().astimezone().tzinfo or UTC
+        self._max_drift_s = max_drift_s
+        self._on_new_readings = on_new_readings
+        self._devices: dict[str, DeviceStatus] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def timezone(self) -> tzinfo:
+        return self._tz
+
+    def accept(
+        self,
+        device: EnrolledDevice,
+        characteristic: str,
+        payload: bytes,
+        *,
+        received_at: datetime | None = None,
+        stored_record: bool = False,
+    ) -> list[Reading]:
+        """Decode and store one characteristic value; return the readings stored."""
+        received_at = received_at or datetime.now(UTC)
+        self._seen(device, received_at)
+        try:
+            readings = build_readings(
+                device,
+                characteristic,
+                payload,
+                received_at=received_at,
+                tz=self._tz,
+                max_drift_s=self._max_drift_s,
+                stored_record=stored_record,
+            )
+        except GattDecodeError as exc:
+            log.warning(
+                "device %s sent an undecodable %s value (%d bytes): %s; kept for inspection",
+                device.device_id,
+                characteristic,
+                len(payload),
+                exc,
+            )
+            self._outbox.record_undecodable(
+                device_id=device.device_id,
+                characteristic=characteristic,
+                payload=payload,
+                error=str(exc),
+            )
+            return []
+        stored = self._outbox.add(readings)
+        if stored and self._on_new_readings is not None:
+            self._on_new_readings()
+        return stored
+
+    def record_battery(self, device: EnrolledDevice, percent: int) -> None:
+        with self._lock:
+            current = self._devices.get(device.device_id)
+            self._devices[device.device_id] = DeviceStatus(
+                device.device_id,
+                device.device_type,
+                current.last_seen if current else None,
+                max(0, min(100, percent)),
+            )
+
+    def device_statuses(self) -> tuple[DeviceStatus, ...]:
+        with self._lock:
+            return tuple(self._devices.values())
+
+    def _seen(self, device: EnrolledDevice, at: datetime) -> None:
+        with self._lock:
+            current = self._devices.get(device.device_id)
+            self._devices[device.device_id] = DeviceStatus(
+                device.device_id,
+                device.device_type,
+                at,
+                current.battery_percent if current else None,
+            )

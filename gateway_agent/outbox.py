@@ -1,0 +1,220 @@
+"""The gateway's durable outbox: SQLite in WAL mode, synchronous=FULL.
+
+Every reading accepted from a device is written here, in the same transaction as its sequence
+number, before anything is published. A reading leaves the outbox only when ingest's ack says
+it is committed (or rejected for good, in which case it moves to ``rejected_readings`` for
+inspection). Nothing is ever dropped silently: a kill -9 at any moment leaves either the whole
+measurement or none of it, and an unacked reading is published again after a reconnect or
+after ``resend_after_s``.
+
+One connection, used under a lock: the paho network thread (acks) and the publishing loop
+share it. Gateway rates are a few readings a minute, so contention is not a concern.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from carewatch_contract.messages import Reading, encode_reading
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq         INTEGER PRIMARY KEY,      -- the reading's sequence number on the wire
+    reading_id  TEXT NOT NULL UNIQUE,
+    body        TEXT NOT NULL,            -- the reading as contract JSON
+    created_at  REAL NOT NULL,
+    sent_at     REAL,                     -- last publish; NULL = due now
+    attempts    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sent_at, seq);
+CREATE TABLE IF NOT EXISTS rejected_readings (
+    reading_id  TEXT PRIMARY KEY,
+    reason      TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    rejected_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS undecodable (
+    id             INTEGER PRIMARY KEY,
+    received_at    REAL NOT NULL,
+    device_id      TEXT NOT NULL,
+    characteristic TEXT NOT NULL,
+    hex            TEXT NOT NULL,
+    error          TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    message_id  TEXT PRIMARY KEY,
+    body        TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    read_at     REAL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('next_seq', 1);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReading:
+    seq: int
+    reading_id: str
+    body: str
+
+
+class Outbox:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def add(self, readings: Sequence[Reading]) -> list[Reading]:
+        """Store the readings of one measurement atomically, numbering them in order.
+
+        The readings come in with ``seq`` 0; they come back with their sequence numbers.
+        """
+        if not readings:
+            return []
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                (first,) = self._conn.execute(
+                    "SELECT value FROM counters WHERE name = 'next_seq'"
+                ).fetchone()
+                numbered = [_with_seq(r, first + i) for i, r in enumerate(readings)]
+                self._conn.executemany(
+                    "INSERT INTO outbox (seq, reading_id, body, created_at) VALUES (?, ?, ?, ?)",
+                    [(r.seq, r.reading_id, encode_reading(r), now) for r in numbered],
+                )
+                self._conn.execute(
+                    "UPDATE counters SET value = ? WHERE name = 'next_seq'",
+                    (first + len(numbered),),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return numbered
+
+    def take_due(self, *, limit: int, resend_after_s: float) -> list[PendingReading]:
+        """The oldest readings due for publishing (never sent since the last connect, or sent
+        longer ago than ``resend_after_s`` without an ack), marked as sent now."""
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute(
+                    "SELECT seq, reading_id, body FROM outbox"
+                    " WHERE sent_at IS NULL OR sent_at < ? ORDER BY seq LIMIT ?",
+                    (now - resend_after_s, limit),
+                ).fetchall()
+                self._conn.executemany(
+                    "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?",
+                    [(now, row[0]) for row in rows],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return [PendingReading(*row) for row in rows]
+
+    def mark_all_due(self) -> None:
+        """After a (re)connect everything unacked is due again at once."""
+        with self._lock:
+            self._conn.execute("UPDATE outbox SET sent_at = NULL WHERE sent_at IS NOT NULL")
+
+    def acknowledge(
+        self, committed: Iterable[str], rejected: Iterable[tuple[str, str]] = ()
+    ) -> int:
+        """Remove committed readings; move rejected ones aside. Returns how many left."""
+        committed = list(committed)
+        rejected = list(rejected)
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                removed = 0
+                for reading_id, reason in rejected:
+                    moved = self._conn.execute(
+                        "INSERT OR REPLACE INTO rejected_readings"
+                        " (reading_id, reason, body, rejected_at)"
+                        " SELECT reading_id, ?, body, ? FROM outbox WHERE reading_id = ?",
+                        (reason, now, reading_id),
+                    )
+                    if moved.rowcount:
+                        self._conn.execute("DELETE FROM outbox WHERE reading_id = ?", (reading_id,))
+                        removed += 1
+                for start in range(0, len(committed), 500):
+                    chunk = committed[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    removed += self._conn.execute(
+                        f"DELETE FROM outbox WHERE reading_id IN ({marks})",  # noqa: S608 - placeholders only
+                        chunk,
+                    ).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return removed
+
+    def pending_count(self) -> int:
+        with self._lock:
+            (count,) = self._conn.execute("SELECT count(*) FROM outbox").fetchone()
+        return int(count)
+
+    def record_undecodable(
+        self, *, device_id: str, characteristic: str, payload: bytes, error: str
+    ) -> None:
+        """Keep bytes that failed to decode, for inspection. They are never published."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO undecodable (received_at, device_id, characteristic, hex, error)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (time.time(), device_id, characteristic, payload.hex(), error),
+            )
+
+    def undecodable(self) -> list[tuple[str, str, str, str]]:
+        """(device_id, characteristic, hex, error) of every payload that failed to decode."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT device_id, characteristic, hex, error FROM undecodable ORDER BY id"
+            ).fetchall()
+
+    def rejected(self) -> list[tuple[str, str]]:
+        """(reading_id, reason) of every reading ingest rejected for good."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT reading_id, reason FROM rejected_readings ORDER BY rejected_at"
+            ).fetchall()
+
+    def store_inbox_message(self, message_id: str, body: str) -> bool:
+        """Keep a clinician's message for the patient; False when it was already here."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO inbox (message_id, body, received_at) VALUES (?, ?, ?)",
+                (message_id, body, time.time()),
+            )
+        return cursor.rowcount == 1
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            (result,) = self._conn.execute("PRAGMA integrity_check").fetchone()
+        return str(result)
+
+
+def _with_seq(reading: Reading, seq: int) -> Reading:
+    return replace(reading, seq=seq)

@@ -1,0 +1,190 @@
+"""The gateway's link to the broker: publishes the outbox, applies acks, keeps status.
+
+- QoS 1, a client id and credentials per gateway, a persistent session, reconnect with
+  backoff (paho's own, 1 s doubling to 30 s).
+- A retained ``status`` message says ``online`` on connect; the last will says ``offline``
+  when the connection drops without a goodbye.
+- Readings leave the outbox only when an ack names them (see :mod:`gateway_agent.outbox`).
+- Messages for the patient arrive on ``inbox``; each is stored, then receipted ``delivered``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+
+import paho.mqtt.client as mqtt
+
+from carewatch_contract import topics
+from carewatch_contract.broker import make_client, start_connecting
+from carewatch_contract.messages import (
+    ContractError,
+    GatewayState,
+    GatewayStatus,
+    InboxReceipt,
+    ReceiptState,
+    encode_reading_batch_json,
+    encode_receipt,
+    encode_status,
+    parse_ack,
+    parse_inbox_message,
+)
+from gateway_agent.agent import GatewayAgent
+from gateway_agent.outbox import Outbox
+from gateway_agent.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+class Uplink:
+    def __init__(self, settings: GatewaySettings, outbox: Outbox, agent: GatewayAgent) -> None:
+        self._settings = settings
+        self._outbox = outbox
+        self._agent = agent
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._thread = threading.Thread(target=self._publish_loop, name="uplink", daemon=True)
+        gid = settings.gateway_id
+        self._topic_readings = topics.gateway_topic(gid, topics.READINGS)
+        self._topic_status = topics.gateway_topic(gid, topics.STATUS)
+        self._topic_acks = topics.gateway_topic(gid, topics.ACKS)
+        self._topic_inbox = topics.gateway_topic(gid, topics.INBOX)
+        self._topic_receipts = topics.gateway_topic(gid, topics.RECEIPTS)
+        self._client = make_client(
+            settings.mqtt,
+            client_id=f"carewatch-gw-{gid}",
+            protocol=settings.mqtt_protocol,
+            username=settings.mqtt_username,
+            password=settings.mqtt_password,
+            ca_file=settings.mqtt_ca_file,
+            persistent_session=True,
+        )
+        self._client.will_set(
+            self._topic_status,
+            encode_status(GatewayStatus(gid, GatewayState.OFFLINE)),
+            qos=1,
+            retain=True,
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wake(self) -> None:
+        """New readings are in the outbox: publish them now rather than at the next tick."""
+        self._wake.set()
+
+    def start(self) -> None:
+        log.info("gateway connecting to %s", self._settings.mqtt.redacted())
+        start_connecting(
+            self._client,
+            self._settings.mqtt,
+            protocol=self._settings.mqtt_protocol,
+            persistent_session=True,
+        )
+        self._client.loop_start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Say offline, disconnect. Unacked readings stay in the outbox for next time."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        if self.connected:
+            info = self._client.publish(
+                self._topic_status, self._status(GatewayState.OFFLINE), qos=1, retain=True
+            )
+            info.wait_for_publish(timeout=3)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _status(self, state: GatewayState) -> bytes:
+        return encode_status(
+            GatewayStatus(
+                gateway_id=self._settings.gateway_id,
+                state=state,
+                at=datetime.now(UTC),
+                software=_software_version(),
+                outbox_pending=self._outbox.pending_count(),
+                devices=self._agent.device_statuses(),
+            )
+        )
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            log.warning("broker refused the gateway's connection: %s", reason_code)
+            return
+        client.subscribe([(self._topic_acks, 1), (self._topic_inbox, 1)])
+        client.publish(self._topic_status, self._status(GatewayState.ONLINE), qos=1, retain=True)
+        self._outbox.mark_all_due()
+        self._connected.set()
+        self._wake.set()
+        log.info("gateway connected; %d reading(s) pending", self._outbox.pending_count())
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("gateway disconnected (%s); reconnecting with backoff", reason_code)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if message.topic == self._topic_acks:
+                ack = parse_ack(message.payload)
+                self._outbox.acknowledge(
+                    ack.committed, [(r.reading_id, r.reason) for r in ack.rejected]
+                )
+                for rejection in ack.rejected:
+                    log.warning(
+                        "ingest rejected reading %s (%s); kept aside in the outbox",
+                        rejection.reading_id,
+                        rejection.reason,
+                    )
+            elif message.topic == self._topic_inbox:
+                inbox = parse_inbox_message(message.payload)
+                self._outbox.store_inbox_message(inbox.message_id, message.payload.decode())
+                receipt = InboxReceipt(inbox.message_id, ReceiptState.DELIVERED, datetime.now(UTC))
+                client.publish(self._topic_receipts, encode_receipt(receipt), qos=1)
+        except ContractError as exc:
+            log.warning("ignoring a malformed message on %s: %s", message.topic, exc.reason)
+
+    # -- publishing loop -----------------------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        next_heartbeat = 0.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if not self.connected:
+                continue
+            while not self._stop.is_set() and self.connected:
+                due = self._outbox.take_due(
+                    limit=self._settings.batch_size, resend_after_s=self._settings.resend_after_s
+                )
+                if not due:
+                    break
+                payload = encode_reading_batch_json(
+                    self._settings.gateway_id, datetime.now(UTC), [p.body for p in due]
+                )
+                self._client.publish(self._topic_readings, payload, qos=1)
+            now = time.monotonic()
+            if now >= next_heartbeat and self.connected:
+                self._client.publish(
+                    self._topic_status, self._status(GatewayState.ONLINE), qos=1, retain=True
+                )
+                next_heartbeat = now + self._settings.heartbeat_s
+
+
+def _software_version() -> str:
+    try:
+        return f"carewatch-gateway/{version('carewatch')}"
+    except PackageNotFoundError:
+        return "carewatch-gateway/unknown"

@@ -1,0 +1,232 @@
+"""Ingest on a real broker and a real PostgreSQL: store, ack, deduplicate, quarantine."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+
+from carewatch_contract import topics
+from carewatch_contract.broker import BrokerEndpoint
+from carewatch_contract.messages import (
+    ReadingBatch,
+    encode_reading_batch,
+    parse_ack,
+    reading_to_dict,
+)
+from ingest.consumer import ReadingConsumer
+from ingest.counters import IngestCounters
+from ingest.registry import PatientRecord, enroll
+from ingest.settings import IngestSettings
+from tests.conftest import BrokerInfo
+from tests.unit.test_contract import NOW, a_reading
+
+pytestmark = [pytest.mark.db, pytest.mark.broker]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+class Gateway:
+    """A minimal MQTT peer playing a gateway: publishes raw payloads, collects acks."""
+
+    def __init__(self, broker: BrokerInfo, gateway_id: str) -> None:
+        self.gateway_id = gateway_id
+        self.acks: list[dict[str, object]] = []
+        endpoint = BrokerEndpoint.from_url(broker.url)
+        version = mqtt.MQTTv5 if broker.protocol == "5" else mqtt.MQTTv311
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-{gateway_id}", protocol=version
+        )
+        connected = threading.Event()
+        self.client.on_connect = lambda *a: connected.set()
+        self.client.on_message = lambda c, u, m: self.acks.append(json.loads(m.payload))
+        self.client.connect(endpoint.host, endpoint.port)
+        self.client.loop_start()
+        assert connected.wait(10), "could not connect to the test broker"
+        self.client.subscribe(topics.gateway_topic(gateway_id, topics.ACKS), qos=1)
+
+    def publish(self, payload: bytes, gateway_id: str | None = None) -> None:
+        topic = topics.gateway_topic(gateway_id or self.gateway_id, topics.READINGS)
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def home(db: psycopg.Connection, unique_id: str) -> tuple[str, str]:
+    gateway_id, patient_id = f"gw-{unique_id}", f"pt-{unique_id}"
+    enroll(db, gateway_id=gateway_id, patients=[PatientRecord(patient_id, "Test Patient")])
+    db.commit()
+    return gateway_id, patient_id
+
+
+@pytest.fixture
+def consumer(
+    database_url: str, broker: BrokerInfo, unique_id: str
+) -> Iterator[tuple[ReadingConsumer, IngestCounters]]:
+    settings = IngestSettings(
+        CAREWATCH_ENV="test",
+        DATABASE_URL=database_url,
+        MQTT_URL=broker.url,
+        MQTT_PROTOCOL=broker.protocol,
+        INGEST_CLIENT_ID=f"ingest-test-{unique_id}",
+    )
+    counters = IngestCounters()
+    worker = ReadingConsumer(settings, counters)
+    worker.start()
+    assert wait_until(lambda: worker.connected), "ingest did not connect to the broker"
+    time.sleep(0.2)  # let the subscription settle
+    yield worker, counters
+    worker.stop()
+
+
+def count(db: psycopg.Connection, sql: str, *params: object) -> int:
+    db.rollback()
+    row = db.execute(sql, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_readings_are_stored_once_and_acked_after_commit(
+    db: psycopg.Connection,
+    home: tuple[str, str],
+    consumer: tuple[ReadingConsumer, IngestCounters],
+    broker: BrokerInfo,
+) -> None:
+    gateway_id, patient_id = home
+    readings = tuple(a_reading(patient_id=patient_id, seq=i) for i in range(1, 11))
+    payload = encode_reading_batch(ReadingBatch(gateway_id, NOW, readings))
+    _, counters = consumer
+    gateway = Gateway(broker, gateway_id)
+    try:
+        gateway.publish(payload)
+        gateway.publish(payload)  # a retry: must change nothing
+        assert wait_until(lambda: counters.messages_received >= 2 and bool(gateway.acks))
+        time.sleep(0.2)  # the second ack, when the two messages fell into different batches
+    finally:
+        gateway.close()
+    assert db.execute("SELECT reason, detail FROM quarantine").fetchall() == []
+    assert count(db, "SELECT count(*) FROM readings WHERE patient_id = %s", patient_id) == 10
+    acked = {i for ack in gateway.acks for i in ack["committed"]}  # type: ignore[union-attr]
+    assert acked == {r.reading_id for r in readings}
+    assert counters.readings_committed == 10
+    assert counters.duplicates_suppressed == 10
+
+
+def test_bad_readings_are_quarantined_and_acked_as_rejected(
+    db: psycopg.Connection,
+    home: tuple[str, str],
+    consumer: tuple[ReadingConsumer, IngestCounters],
+    broker: BrokerInfo,
+) -> None:
+    gateway_id, patient_id = home
+    good = a_reading(patient_id=patient_id)
+    impossible = reading_to_dict(a_reading(patient_id=patient_id))
+    impossible["value"] = 900
+    stranger = reading_to_dict(a_reading(patient_id="pt-not-mine"))
+    body = {
+        "v": 1,
+        "gateway_id": gateway_id,
+        "sent_at": NOW.isoformat(),
+        "readings": [reading_to_dict(good), impossible, stranger],
+    }
+    gateway = Gateway(broker, gateway_id)
+    try:
+        gateway.publish(json.dumps(body).encode())
+        assert wait_until(lambda: bool(gateway.acks))
+    finally:
+        gateway.close()
+    ack = parse_ack(json.dumps(gateway.acks[0]).encode())
+    assert ack.committed == (good.reading_id,)
+    assert [(r.reading_id, r.reason) for r in ack.rejected] == [
+        (impossible["reading_id"], "implausible_value")
+    ]  # the stranger's reading gets no ack: an enrolment problem, kept at the gateway
+    reasons = db.execute("SELECT reason FROM quarantine ORDER BY quarantine_id").fetchall()
+    assert [r[0] for r in reasons] == ["implausible_value", "patient_not_bound"]
+    assert count(db, "SELECT count(*) FROM readings WHERE patient_id = %s", patient_id) == 1
+
+
+def test_messages_from_unknown_or_spoofing_gateways_are_quarantined(
+    db: psycopg.Connection,
+    home: tuple[str, str],
+    consumer: tuple[ReadingConsumer, IngestCounters],
+    broker: BrokerInfo,
+    unique_id: str,
+) -> None:
+    gateway_id, patient_id = home
+    reading = a_reading(patient_id=patient_id)
+    gateway = Gateway(broker, gateway_id)
+    try:
+        unknown = f"gw-unknown-{unique_id}"
+        gateway.publish(encode_reading_batch(ReadingBatch(unknown, NOW, (reading,))), unknown)
+        other = f"gw-other-{unique_id}"
+        gateway.publish(encode_reading_batch(ReadingBatch(gateway_id, NOW, (reading,))), other)
+        assert wait_until(lambda: count(db, "SELECT count(*) FROM quarantine") == 2)
+    finally:
+        gateway.close()
+    reasons = {r[0] for r in db.execute("SELECT reason FROM quarantine").fetchall()}
+    assert reasons == {"unknown_gateway", "gateway_mismatch"}
+    assert count(db, "SELECT count(*) FROM readings") == 0
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto_pub not installed")
+def test_malformed_message_from_mosquitto_pub_lands_in_quarantine_and_ingest_keeps_running(
+    db: psycopg.Connection,
+    home: tuple[str, str],
+    consumer: tuple[ReadingConsumer, IngestCounters],
+    broker: BrokerInfo,
+) -> None:
+    gateway_id, patient_id = home
+    endpoint = BrokerEndpoint.from_url(broker.url)
+    topic = topics.gateway_topic(gateway_id, topics.READINGS)
+    for payload in (b'{"v": 1, "readings": [', b'{"v": 99}', b"x" * 300_000):
+        subprocess.run(
+            [
+                "mosquitto_pub",
+                "-h",
+                endpoint.host,
+                "-p",
+                str(endpoint.port),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-s",
+            ],  # -s: the message is read from standard input
+            input=payload,
+            check=True,
+            timeout=10,
+        )
+    assert wait_until(lambda: count(db, "SELECT count(*) FROM quarantine") == 3)
+    rows = db.execute(
+        "SELECT reason, detail, payload_size, truncated, length(payload) FROM quarantine"
+        " ORDER BY quarantine_id"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["bad_json", "unknown_version", "too_large"]
+    assert all(r[1] for r in rows)  # every entry says what was wrong
+    assert rows[2][2] == 300_000 and rows[2][3] is True and rows[2][4] < 300_000
+    # ...and ingest still takes good readings.
+    gateway = Gateway(broker, gateway_id)
+    try:
+        reading = a_reading(patient_id=patient_id)
+        gateway.publish(encode_reading_batch(ReadingBatch(gateway_id, NOW, (reading,))))
+        assert wait_until(lambda: bool(gateway.acks))
+    finally:
+        gateway.close()
+    assert count(db, "SELECT count(*) FROM readings") == 1
