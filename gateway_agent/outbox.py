@@ -210,6 +210,26 @@ class Outbox:
             )
         return cursor.rowcount == 1
 
+    def remember(self, name: str, value: int) -> None:
+        """Keep a small named number across restarts (e.g. how far a replay got)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+    def recall(self, name: str) -> int | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT value FROM counters WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def accepted_count(self) -> int:
+        """How many readings this outbox has ever accepted (its next sequence number - 1)."""
+        return (self.recall("next_seq") or 1) - 1
+
     def integrity_check(self) -> str:
         with self._lock:
             (result,) = self._conn.execute("PRAGMA integrity_check").fetchone()
