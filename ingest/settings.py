@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from typing import Literal
 
@@ -23,7 +24,11 @@ class IngestSettings(BaseSettings):
     mqtt_username: str | None = Field(None, alias="MQTT_USERNAME")
     mqtt_password: SecretStr | None = Field(None, alias="MQTT_PASSWORD")
     mqtt_ca_file: str | None = Field(None, alias="MQTT_CA_FILE")
-    mqtt_client_id: str = Field("carewatch-ingest-1", alias="INGEST_CLIENT_ID")
+    # Unique per worker: the broker keeps each worker's session (and its unacked messages).
+    mqtt_client_id: str = Field(
+        default_factory=lambda: f"carewatch-ingest-{socket.gethostname()}",
+        alias="INGEST_CLIENT_ID",
+    )
     # With a group, workers share one subscription ($share/<group>/...) to scale out.
     mqtt_shared_group: str | None = Field(None, alias="INGEST_SHARED_GROUP")
     consume: bool = Field(True, alias="INGEST_CONSUME")

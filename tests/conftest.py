@@ -73,7 +73,6 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-
 @dataclass(frozen=True)
 class BrokerInfo:
     url: str

@@ -46,6 +46,7 @@ CREATE TABLE flag_readings (
 CREATE INDEX flag_readings_reading ON flag_readings (reading_id);
 
 CREATE TABLE flag_events (
+    event_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     flag_id bigint NOT NULL REFERENCES flags ON DELETE CASCADE,
     at      timestamptz NOT NULL DEFAULT now(),
     event   text NOT NULL CHECK (event IN ('opened', 'breach', 'severity_raised',
@@ -53,7 +54,7 @@ CREATE TABLE flag_events (
     actor   text NOT NULL,   -- 'rules' or the user who acted
     detail  jsonb NOT NULL DEFAULT '{}'
 );
-CREATE INDEX flag_events_flag ON flag_events (flag_id, at);
+CREATE INDEX flag_events_flag ON flag_events (flag_id, event_id);
 
 -- How far the rules worker has read: every reading stored by a transaction whose id is below
 -- processed_below has been evaluated. Advanced in the same transaction as the flags it wrote.

@@ -114,9 +114,7 @@ def test_ingest_killed_and_restarted_while_the_gateway_publishes_loses_and_doubl
         pending = pipeline.outbox("SELECT count(*) FROM outbox")
         return pending == 0 and accepted == pipeline.db_value("SELECT count(*) FROM readings")
 
-    wait_until(
-        lambda: "live measurements done" in pipeline.log("gateway"), 120, "the live stream"
-    )
+    wait_until(lambda: "live measurements done" in pipeline.log("gateway"), 120, "the live stream")
     wait_until(drained, 120, "the gateway's outbox to drain into the database")
     time.sleep(3)  # let any late redelivery arrive: it must not add a row
     accepted = pipeline.outbox("SELECT value - 1 FROM counters WHERE name = 'next_seq'")

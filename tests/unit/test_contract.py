@@ -121,12 +121,20 @@ def test_nan_and_infinity_are_refused() -> None:
         (b"[1, 2]", "bad_json"),
         (b'{"v": 2, "gateway_id": "gw-1"}', "unknown_version"),
         (b'{"v": true}', "unknown_version"),
-        (b'{"v": 1, "gateway_id": "gw-1", "sent_at": "2026-11-29T07:30:00+00:00"}',
-         "missing_field"),
-        (b'{"v": 1, "gateway_id": "gw-1", "sent_at": "2026-11-29T07:30:00+00:00",'
-         b' "readings": []}', "bad_batch"),
-        (b'{"v": 1, "gateway_id": "gw/1", "sent_at": "2026-11-29T07:30:00+00:00",'
-         b' "readings": [{}]}', "bad_field"),
+        (
+            b'{"v": 1, "gateway_id": "gw-1", "sent_at": "2026-11-29T07:30:00+00:00"}',
+            "missing_field",
+        ),
+        (
+            b'{"v": 1, "gateway_id": "gw-1", "sent_at": "2026-11-29T07:30:00+00:00",'
+            b' "readings": []}',
+            "bad_batch",
+        ),
+        (
+            b'{"v": 1, "gateway_id": "gw/1", "sent_at": "2026-11-29T07:30:00+00:00",'
+            b' "readings": [{}]}',
+            "bad_field",
+        ),
         (b"[" * 100_000, "bad_json"),
     ],
 )
