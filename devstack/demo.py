@@ -16,6 +16,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import webbrowser
 from collections.abc import Iterator
@@ -92,7 +93,7 @@ def services(data_dir: Path) -> Iterator[tuple[str, str, str]]:
         if not mqtt_url:
             from devstack.broker import EmbeddedBroker
 
-            broker = EmbeddedBroker(data_dir=data_dir)
+            broker = EmbeddedBroker(data_dir=data_dir / "broker")
             broker.start()
             stack.callback(broker.stop)
             mqtt_url, protocol = broker.url, broker.protocol
@@ -114,131 +115,137 @@ def _wait_http(url: str, timeout_s: float, token: str | None = None) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class DemoPlan:
+    """Where everything of one demo run lives and listens."""
+
+    data_dir: Path
+    token: str
+    api_port: int
+    dashboard_port: int
+    patients: int
+    seed: int
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def environment(self, database_url: str, mqtt_url: str, protocol: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "CAREWATCH_ENV": "development",
+            "DATABASE_URL": database_url,
+            "MQTT_URL": mqtt_url,
+            "MQTT_PROTOCOL": protocol,
+            "CAREWATCH_API_TOKEN": self.token,
+            "CAREWATCH_API_URL": self.api_url,
+            "GATEWAY_ID": DEMO_GATEWAY_ID,
+            "GATEWAY_OUTBOX_PATH": str(self.data_dir / "gateway" / "outbox.sqlite"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+def start_children(plan: DemoPlan, stack: Stack, env: dict[str, str]) -> None:
+    """Enrol the demo home, then start ingest, rules, the gateway and the dashboard."""
+    population = ["--patients", str(plan.patients), "--seed", str(plan.seed)]
+    enrolled = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "ingest", "enroll-demo", "--gateway", DEMO_GATEWAY_ID, *population],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if enrolled.returncode != 0:
+        raise DemoError(f"enrolling the demo home failed:\n{enrolled.stdout}{enrolled.stderr}")
+    stack.spawn(
+        "ingest",
+        ["-m", "ingest", "serve", "--host", "127.0.0.1", "--port", str(plan.api_port)],
+        env,
+        plan.log_dir,
+    )
+    if not _wait_http(f"{plan.api_url}/readyz", 60):
+        raise DemoError(f"ingest did not become ready; see {plan.log_dir / 'ingest.log'}")
+    stack.spawn("rules", ["-m", "analytics", "worker"], env, plan.log_dir)
+    stack.spawn(
+        "gateway", ["-m", "gateway_agent", "run", "--simulate", *population], env, plan.log_dir
+    )
+    stack.spawn(
+        "dashboard",
+        [
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "dashboard" / "app.py"),
+            "--server.port",
+            str(plan.dashboard_port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        env,
+        plan.log_dir,
+    )
+    if not _wait_http(f"{plan.dashboard_url}/_stcore/health", 60):
+        raise DemoError(f"the dashboard did not start; see {plan.log_dir / 'dashboard.log'}")
+
+
+class DemoError(RuntimeError):
+    """The demo could not start; the message says where to look."""
+
+
 def run(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir).resolve()
-    log_dir = data_dir / "logs"
-    token = os.environ.get("CAREWATCH_API_TOKEN") or secrets.token_urlsafe(24)
-    api_port = args.api_port or free_port()
-    dashboard_port = args.dashboard_port or free_port()
-    stack = Stack()
-    stopping = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    plan = DemoPlan(
+        data_dir=Path(args.data_dir).resolve(),
+        token=os.environ.get("CAREWATCH_API_TOKEN") or secrets.token_urlsafe(24),
+        api_port=args.api_port or free_port(),
+        dashboard_port=args.dashboard_port or free_port(),
+        patients=args.patients,
+        seed=args.seed,
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     started = time.monotonic()
-    try:
-        with services(data_dir) as (database_url, mqtt_url, protocol):
-            env = {
-                **os.environ,
-                "CAREWATCH_ENV": "development",
-                "DATABASE_URL": database_url,
-                "MQTT_URL": mqtt_url,
-                "MQTT_PROTOCOL": protocol,
-                "CAREWATCH_API_TOKEN": token,
-                "CAREWATCH_API_URL": f"http://127.0.0.1:{api_port}",
-                "GATEWAY_ID": DEMO_GATEWAY_ID,
-                "GATEWAY_OUTBOX_PATH": str(data_dir / "gateway" / "outbox.sqlite"),
-                "PYTHONUNBUFFERED": "1",
-            }
-            seed = str(args.seed)
-            patients = str(args.patients)
-            enrolled = subprocess.run(  # noqa: S603
-                [
-                    sys.executable,
-                    "-m",
-                    "ingest",
-                    "enroll-demo",
-                    "--gateway",
-                    DEMO_GATEWAY_ID,
-                    "--patients",
-                    patients,
-                    "--seed",
-                    seed,
-                ],
-                cwd=REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if enrolled.returncode != 0:
-                print(enrolled.stdout + enrolled.stderr, file=sys.stderr)
-                return 1
-            stack.spawn(
-                "ingest",
-                ["-m", "ingest", "serve", "--host", "127.0.0.1", "--port", str(api_port)],
-                env,
-                log_dir,
-            )
-            if not _wait_http(f"http://127.0.0.1:{api_port}/readyz", 60):
-                print(f"ingest did not become ready; see {log_dir / 'ingest.log'}")
-                return 1
-            stack.spawn("rules", ["-m", "analytics", "worker"], env, log_dir)
-            stack.spawn(
-                "gateway",
-                [
-                    "-m",
-                    "gateway_agent",
-                    "run",
-                    "--simulate",
-                    "--patients",
-                    patients,
-                    "--seed",
-                    seed,
-                ],
-                env,
-                log_dir,
-            )
-            stack.spawn(
-                "dashboard",
-                [
-                    "-m",
-                    "streamlit",
-                    "run",
-                    str(REPO / "dashboard" / "app.py"),
-                    "--server.port",
-                    str(dashboard_port),
-                    "--server.address",
-                    "127.0.0.1",
-                    "--server.headless",
-                    "true",
-                    "--browser.gatherUsageStats",
-                    "false",
-                ],
-                env,
-                log_dir,
-            )
-            dashboard_url = f"http://127.0.0.1:{dashboard_port}"
-            _wait_http(f"{dashboard_url}/_stcore/health", 60)
+    stack = Stack()
+    with services(plan.data_dir) as (database_url, mqtt_url, protocol):
+        try:
+            start_children(plan, stack, plan.environment(database_url, mqtt_url, protocol))
             print(
                 f"\nCareWatch demo is running ({time.monotonic() - started:.0f} s to start)\n"
-                f"  Clinician workspace: {dashboard_url}\n"
-                f"  API and docs:        http://127.0.0.1:{api_port}/docs\n"
-                f"  Logs:                {log_dir}\n"
+                f"  Clinician workspace: {plan.dashboard_url}\n"
+                f"  API and docs:        {plan.api_url}/docs\n"
+                f"  Logs:                {plan.log_dir}\n"
                 "Press Ctrl-C to stop everything.\n",
                 flush=True,
             )
             if args.open_browser and not os.environ.get("CI"):
                 with contextlib.suppress(webbrowser.Error):
-                    webbrowser.open(dashboard_url)
-            deadline = time.monotonic() + args.run_for if args.run_for else None
-            while not stopping:
+                    webbrowser.open(plan.dashboard_url)
+            deadline = time.monotonic() + args.run_for if args.run_for else float("inf")
+            while not stopping.wait(0.5) and time.monotonic() < deadline:
                 problem = stack.check_alive()
                 if problem:
-                    print(f"Stopping: {problem}; see {log_dir}", file=sys.stderr)
-                    return 1
-                if deadline and time.monotonic() >= deadline:
-                    break
-                time.sleep(0.5)
+                    raise DemoError(f"{problem}; see {plan.log_dir}")
             return 0
-    finally:
-        print("Stopping CareWatch demo...", flush=True)
-        stack.stop()
-        print("Stopped.", flush=True)
+        except DemoError as exc:
+            print(f"CareWatch demo: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            print("Stopping CareWatch demo...", flush=True)
+            stack.stop()
+            print("Stopped.", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

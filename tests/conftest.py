@@ -9,14 +9,21 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
+import uvicorn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -28,7 +35,18 @@ def _with_database(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def service_dir() -> Iterator[Path]:
+    """A folder for embedded servers' data. Not under pytest's tmp_path: as root, every new
+    pytest session resets that tree to 0700, cutting off servers that run as their own user."""
+    folder = Path(tempfile.mkdtemp(prefix="carewatch-test-services-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(service_dir: Path) -> Iterator[str]:
     """A URL to a PostgreSQL server (any database in it) for creating test databases."""
     url = os.environ.get("DATABASE_URL")
     if url:
@@ -36,7 +54,7 @@ def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
         return
     from devstack.postgres import EmbeddedPostgres
 
-    server = EmbeddedPostgres(data_dir=tmp_path_factory.mktemp("pgdata"))
+    server = EmbeddedPostgres(data_dir=service_dir / "pgdata")
     server.start()
     try:
         yield server.url
@@ -80,7 +98,7 @@ class BrokerInfo:
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
+def broker(service_dir: Path) -> Iterator[BrokerInfo]:
     """A real MQTT broker: ``MQTT_URL`` when set, else an embedded one for the session."""
     url = os.environ.get("MQTT_URL")
     if url:
@@ -88,7 +106,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
         return
     from devstack.broker import EmbeddedBroker
 
-    embedded = EmbeddedBroker(tmp_path_factory.mktemp("broker"))
+    embedded = EmbeddedBroker(service_dir / "broker")
     embedded.start()
     try:
         yield BrokerInfo(embedded.url, embedded.protocol)
@@ -100,3 +118,62 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerInfo]:
 def unique_id() -> str:
     """A short id that keeps tests apart on a shared broker and database."""
     return uuid.uuid4().hex[:8]
+
+
+API_TOKEN = "test-token"
+
+
+@dataclass(frozen=True)
+class RunningApi:
+    """Where the test API listens and the token it accepts."""
+
+    url: str
+    token: str
+
+
+@pytest.fixture(scope="session")
+def api_server(database_url: str) -> Iterator[RunningApi]:
+    """The real ingest API (no MQTT consumer) on uvicorn in a background thread."""
+    from ingest.api.app import create_app
+    from ingest.settings import IngestSettings
+
+    settings = IngestSettings(
+        CAREWATCH_ENV="test",
+        DATABASE_URL=database_url,
+        MQTT_URL="mqtt://127.0.0.1:1",
+        INGEST_CONSUME=False,
+        CAREWATCH_API_TOKEN=API_TOKEN,
+    )
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), log_level="warning", access_log=False, lifespan="on")
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name="ingest-api", daemon=True
+    )
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_ready(url, thread, timeout_s=30.0)
+        yield RunningApi(url=url, token=API_TOKEN)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        listener.close()
+
+
+def _wait_until_ready(url: str, thread: threading.Thread, *, timeout_s: float) -> None:
+    """Until ``/readyz`` answers 200 (the broker counts as ready when consuming is off)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not thread.is_alive():
+            pytest.fail("the ingest API stopped during start-up; see the log above")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"the ingest API at {url} was not ready within {timeout_s:g} s")

@@ -6,6 +6,7 @@ import hmac
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import unquote
 
 import psycopg
 from fastapi import Depends, Header, HTTPException, Request, status
@@ -57,7 +58,9 @@ def get_caller(
             headers={"WWW-Authenticate": "Bearer"},
         )
     client = request.client.host if request.client else None
-    return Caller(user=x_carewatch_user or "api", client=client)
+    # Names travel percent-encoded (HTTP headers are Latin-1): "Zo%C3%AB" is "Zoë".
+    user = unquote(x_carewatch_user) if x_carewatch_user else "api"
+    return Caller(user=user, client=client)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -19,6 +19,10 @@ class FlagNote(BaseModel):
     note: str | None = Field(None, max_length=2000)
 
 
+class Resolution(BaseModel):
+    note: str = Field(min_length=1, max_length=2000)
+
+
 @router.get("")
 def list_flags(
     conn: ConnDep,
@@ -76,6 +80,20 @@ def acknowledge(
     audited(
         conn, caller, action="write.flag.acknowledge", resource=f"flag/{flag_id}", outcome=outcome
     )
+    if flag is None:
+        conn.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such flag")
+    return flag
+
+
+@router.post("/{flag_id}/resolve")
+def resolve(flag_id: int, body: Resolution, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
+    """Close a flag with a note saying why. Resolving twice is harmless; a new breach
+    afterwards opens a new flag."""
+    resource = f"flag/{flag_id}"
+    flag = flag_store.resolve_flag(conn, flag_id=flag_id, actor=caller.user, note=body.note)
+    outcome = "ok" if flag else "not_found"
+    audited(conn, caller, action="write.flag.resolve", resource=resource, outcome=outcome)
     if flag is None:
         conn.commit()
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such flag")

@@ -20,7 +20,11 @@ def thresholds(
 ) -> dict[str, Any]:
     """The rule set in force: its version, and the threshold lines to draw on charts."""
     rules = request.app.state.rules
-    return {"version": rules.version, "lines": rules.threshold_lines(loinc)}
+    metrics = [loinc] if loinc else sorted(rules.metrics)
+    return {
+        "version": rules.version,
+        "lines": [line for metric in metrics for line in rules.threshold_lines(metric)],
+    }
 
 
 @router.get("/quarantine")

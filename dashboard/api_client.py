@@ -1,0 +1,374 @@
+"""The CareWatch HTTP API as the workspace uses it: one method per call, errors that say what to do.
+
+No Streamlit here: the pages call :class:`CareWatchApi` and show :class:`ApiError` messages as
+they are. Every request carries ``Authorization: Bearer <CAREWATCH_API_TOKEN>`` and
+``X-CareWatch-User: <clinician>`` (the API audits every read and write under that name). The
+token is never logged, shown, or put into an error message.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from functools import cache
+from types import TracebackType
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_API_URL: Final = "http://127.0.0.1:8000"
+DEFAULT_USER: Final = "clinician"
+REQUEST_TIMEOUT_S: Final = 10.0
+API_PREFIX: Final = "/api/v1"
+USER_HEADER: Final = "X-CareWatch-User"
+#: The API refuses longer user names (``Header(max_length=64)``).
+USER_HEADER_MAX_LENGTH: Final = 64
+
+ENV_API_URL: Final = "CAREWATCH_API_URL"
+ENV_API_TOKEN: Final = "CAREWATCH_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
+ENV_USER: Final = "CAREWATCH_USER"
+
+FlagStatus = Literal["open", "acknowledged", "resolved"]
+FLAG_STATUSES: Final[tuple[FlagStatus, ...]] = ("open", "acknowledged", "resolved")
+JsonObject = dict[str, Any]
+
+#: Opens a client for one run of a page (the caller closes it): pages take one of these rather
+#: than a client, so that a fragment's own reruns and button callbacks open their own.
+ApiConnector = Callable[[], "CareWatchApi"]
+
+# Printable ASCII except "%": what a user name may contain unescaped in the header.
+_HEADER_SAFE: Final = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+class ApiError(RuntimeError):
+    """A call to the CareWatch API failed; the message says what happened and what to do."""
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ApiUnreachableError(ApiError):
+    """The API could not be reached or did not answer in time."""
+
+
+class ApiAuthError(ApiError):
+    """The API refused the token, or no token is configured."""
+
+
+class ApiNotFoundError(ApiError):
+    """The patient or flag asked for does not exist."""
+
+
+class ApiConflictError(ApiError):
+    """The change is not allowed in the resource's state (e.g. acknowledging a resolved flag)."""
+
+
+def user_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """The clinician name to act as by default: ``$CAREWATCH_USER``, else ``clinician``."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_USER, "").strip() or DEFAULT_USER
+
+
+def user_header_value(user: str) -> str:
+    """``user`` as it can travel in ``X-CareWatch-User``.
+
+    HTTP header values are ASCII here: characters outside printable ASCII (and "%") are
+    percent-encoded as UTF-8 ("Zoë" -> "Zo%C3%AB"), whitespace runs become one space, and the
+    result is cut to the API's 64 characters without splitting an escape. Empty -> ``clinician``.
+    """
+    collapsed = " ".join(user.split()) or DEFAULT_USER
+    value = ""
+    for char in collapsed:
+        piece = quote(char, safe=_HEADER_SAFE)
+        if len(value) + len(piece) > USER_HEADER_MAX_LENGTH:
+            break
+        value += piece
+    return value
+
+
+def parse_api_time(value: str | None) -> datetime | None:
+    """An API timestamp (ISO 8601) as an aware datetime; ``None`` stays ``None``.
+
+    The API serialises ``timestamptz`` columns, which always carry an offset; a value without
+    one is read as UTC.
+    """
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context, built once: building one costs ~30 ms, and the pages open
+    a client per run."""
+    return httpx.create_ssl_context()
+
+
+class CareWatchApi:
+    """A client of the CareWatch API acting for one clinician.
+
+    Holds one ``httpx.Client`` (keep-alive, 10 s timeout); close it with :meth:`close` or use
+    the client as a context manager. Cheap to open: the workspace opens one per page run.
+    Methods return the API's JSON (timestamps as ISO strings, see :func:`parse_api_time`) and
+    raise :class:`ApiError` subclasses.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        user: str = DEFAULT_USER,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+    ) -> None:
+        url = base_url.strip().rstrip("/")
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ApiError(_bad_url_message(url)) from exc
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ApiError(_bad_url_message(url))
+        if not token.strip():
+            raise ApiAuthError(_missing_token_message())
+        self.base_url = url
+        #: The URL without credentials, for messages and the sidebar.
+        self.display_url = str(parsed.copy_with(username=None, password=None))
+        self.user = user_header_value(user)
+        self.timeout_s = timeout_s
+        self._client = httpx.Client(
+            base_url=url,
+            timeout=timeout_s,
+            verify=_tls_context(),
+            headers={
+                "Authorization": f"Bearer {token.strip()}",
+                USER_HEADER: self.user,
+                "Accept": "application/json",
+            },
+        )
+
+    @classmethod
+    def from_env(
+        cls, *, user: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> CareWatchApi:
+        """A client for ``$CAREWATCH_API_URL`` (default http://127.0.0.1:8000) with
+        ``$CAREWATCH_API_TOKEN``, acting as ``user`` (default: :func:`user_from_env`)."""
+        env = os.environ if environ is None else environ
+        url = env.get(ENV_API_URL, "").strip() or DEFAULT_API_URL
+        token = env.get(ENV_API_TOKEN, "").strip()
+        if not token:
+            raise ApiAuthError(_missing_token_message())
+        return cls(url, token, user=user if user is not None else user_from_env(env))
+
+    def __repr__(self) -> str:
+        return f"CareWatchApi({self.display_url!r}, user={self.user!r})"
+
+    def __enter__(self) -> CareWatchApi:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    # --- flags ---------------------------------------------------------------------------------
+
+    def flags(
+        self,
+        status: FlagStatus | Iterable[FlagStatus] | None = None,
+        patient_id: str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[JsonObject]:
+        """Flags in triage order (most severe first, then oldest first).
+
+        ``status``: one status or several; ``None`` asks for the API's default (open and
+        acknowledged). ``patient_id``: one patient's flags only.
+        """
+        params: list[tuple[str, str | int]] = []
+        if status is not None:
+            statuses = (status,) if isinstance(status, str) else tuple(status)
+            params.extend(("status", value) for value in statuses)
+        if patient_id is not None:
+            params.append(("patient_id", patient_id))
+        if limit is not None:
+            params.append(("limit", limit))
+        return self._get(f"{API_PREFIX}/flags", params=params)
+
+    def flag(self, flag_id: int) -> JsonObject:
+        """One flag with its ``readings`` (the readings that raised it) and ``events``."""
+        return self._get(f"{API_PREFIX}/flags/{int(flag_id)}")
+
+    def acknowledge(self, flag_id: int, note: str | None = None) -> JsonObject:
+        """Acknowledge a flag as this clinician; returns the flag. Twice is harmless."""
+        return self._request(
+            "POST", f"{API_PREFIX}/flags/{int(flag_id)}/acknowledge", json={"note": note}
+        )
+
+    def flag_counts(self) -> dict[str, int]:
+        """Open and acknowledged flags per severity (every severity present)."""
+        return self._get(f"{API_PREFIX}/flags/counts")
+
+    # --- patients ------------------------------------------------------------------------------
+
+    def patients(self) -> list[JsonObject]:
+        """Every patient, by name, with their latest reading time and unresolved flag count."""
+        return self._get(f"{API_PREFIX}/patients")
+
+    def patient(self, patient_id: str) -> JsonObject:
+        """One patient with their devices (type, last reading, battery, gateway state)."""
+        return self._get(f"{API_PREFIX}/patients/{_path_segment(patient_id)}")
+
+    def readings(self, patient_id: str, days: int, loinc: str | None = None) -> list[JsonObject]:
+        """The patient's readings of the last ``days`` days (1-366), oldest first."""
+        params: dict[str, str | int] = {"days": int(days)}
+        if loinc is not None:
+            params["loinc"] = loinc
+        return self._get(
+            f"{API_PREFIX}/patients/{_path_segment(patient_id)}/readings", params=params
+        )
+
+    # --- rules and service ---------------------------------------------------------------------
+
+    def thresholds(self, loinc: str | None = None) -> JsonObject:
+        """``{"version": ..., "lines": [...]}``: the rule set's limits to draw for ``loinc``.
+
+        Each line: ``{metric, limit, direction, severity, label, rule_id}``.
+        """
+        params = {"loinc": loinc} if loinc is not None else None
+        return self._get(f"{API_PREFIX}/thresholds", params=params)
+
+    def ready(self) -> JsonObject:
+        """``/readyz``: ``{"ready": bool, "checks": {...}}``, also when the API is not ready."""
+        return self._request("GET", "/readyz", accept_statuses=(503,))
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _get(self, path: str, *, params: Any = None) -> Any:
+        return self._request("GET", path, params=params)
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        accept_statuses: tuple[int, ...] = (),
+    ) -> Any:
+        try:
+            response = self._client.request(method, path, params=params, json=json)
+        except httpx.TimeoutException as exc:
+            raise ApiUnreachableError(
+                f"the CareWatch API at {self.display_url} did not answer within "
+                f"{self.timeout_s:g} s: is ingest overloaded, or its database down?"
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise ApiUnreachableError(
+                f"cannot reach the CareWatch API at {self.display_url}: is ingest running? "
+                f"(set {ENV_API_URL} if it runs elsewhere)"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ApiUnreachableError(
+                f"the connection to the CareWatch API at {self.display_url} failed "
+                f"({type(exc).__name__}): check that {ENV_API_URL} points at the ingest service"
+            ) from exc
+        if not response.is_success and response.status_code not in accept_statuses:
+            raise _error_for(response, display_url=self.display_url)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(
+                f"the server at {self.display_url} answered {method} {path} with something that "
+                f"is not JSON: check that {ENV_API_URL} points at the ingest service",
+                status_code=response.status_code,
+            ) from exc
+
+
+def _path_segment(value: str) -> str:
+    return quote(str(value), safe="")
+
+
+def _bad_url_message(url: str) -> str:
+    return f"{ENV_API_URL} must be an http(s) URL such as {DEFAULT_API_URL}, not {url!r}"
+
+
+def _missing_token_message() -> str:
+    return (
+        f"{ENV_API_TOKEN} is not set: set it to the ingest service's token "
+        "(the value ingest runs with)"
+    )
+
+
+def _error_for(response: httpx.Response, *, display_url: str) -> ApiError:
+    """The :class:`ApiError` for an unsuccessful answer, with what to do about it."""
+    status = response.status_code
+    detail = _detail(response)
+    if status == httpx.codes.UNAUTHORIZED:
+        return ApiAuthError(
+            f"the API refused the token: set {ENV_API_TOKEN} to the ingest service's token",
+            status_code=status,
+        )
+    if status == httpx.codes.FORBIDDEN:
+        return ApiAuthError(
+            f"the API refused access ({detail or 'forbidden'}): ask an administrator",
+            status_code=status,
+        )
+    if status == httpx.codes.NOT_FOUND:
+        return ApiNotFoundError(f"not found: {detail or 'no such resource'}", status_code=status)
+    if status == httpx.codes.CONFLICT:
+        return ApiConflictError(
+            detail or "the change conflicts with the current state", status_code=status
+        )
+    if status == httpx.codes.UNPROCESSABLE_ENTITY:
+        return ApiError(
+            f"the API rejected the request ({detail}): this is a workspace bug, please report it",
+            status_code=status,
+        )
+    if status == httpx.codes.SERVICE_UNAVAILABLE:
+        return ApiUnreachableError(
+            f"the CareWatch API at {display_url} is not ready (HTTP 503): its database may be "
+            "down; see the ingest service's /readyz and log",
+            status_code=status,
+        )
+    if status >= httpx.codes.INTERNAL_SERVER_ERROR:
+        return ApiError(
+            f"the CareWatch API at {display_url} failed (HTTP {status}): see the ingest "
+            "service's log",
+            status_code=status,
+        )
+    return ApiError(
+        f"unexpected answer from the CareWatch API at {display_url} (HTTP {status})"
+        + (f": {detail}" if detail else ""),
+        status_code=status,
+    )
+
+
+def _detail(response: httpx.Response) -> str:
+    """FastAPI's ``detail`` as one line (validation errors joined), or ``""``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        messages = [
+            f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', '')}"
+            for item in detail
+            if isinstance(item, dict)
+        ]
+        return "; ".join(messages)
+    return ""

@@ -1,0 +1,257 @@
+"""One patient: who they are, their devices, their vitals over 7 / 30 / 90 days, their flags.
+
+The patient shown follows the ``patient`` query parameter (``?patient=<id>``), so the triage
+queue opens a patient with ``st.switch_page(..., query_params={"patient": id})`` and the URL
+can be shared; the picker keeps the parameter in step when the clinician picks someone else.
+
+API calls per run: patients, patient, readings (all metrics at once), flags of the patient
+(every status), one ``thresholds`` per charted metric, and one ``flag`` per flag with a breach
+inside the period (for the readings it links). Nothing is cached across runs: every view goes
+through the API, which authorises and audits it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts
+from dashboard.api_client import (
+    ApiConnector,
+    ApiNotFoundError,
+    CareWatchApi,
+    JsonObject,
+    parse_api_time,
+)
+from dashboard.triage_page import escape_markdown, flag_card, show_notice, time_ago
+
+PERIOD_DAYS: Final[tuple[int, ...]] = (7, 30, 90)
+PATIENT_QUERY_PARAM: Final = "patient"
+PICKER_KEY: Final = "patient_picker"
+PERIOD_KEY: Final = "patient_period_days"
+FLAG_HISTORY_STATUSES: Final = ("open", "acknowledged", "resolved")
+PROGRAM_NAMES: Final[Mapping[str, str]] = {
+    "general": "General",
+    "hypertension": "Hypertension",
+    "heart_failure": "Heart failure",
+    "copd": "COPD",
+    "diabetes": "Diabetes",
+}
+DEVICE_TYPE_NAMES: Final[Mapping[str, str]] = {
+    "blood_pressure": "Blood-pressure cuff",
+    "pulse_oximeter": "Pulse oximeter",
+    "weight_scale": "Scale",
+    "body_composition": "Body-composition scale",
+    "thermometer": "Thermometer",
+    "glucose_meter": "Glucose meter",
+    "heart_rate": "Heart-rate strap",
+}
+
+
+def display_timezone() -> str:
+    """The clinician's browser timezone (``st.context.timezone``), else UTC."""
+    name = st.context.timezone
+    if not name:
+        return "UTC"
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return name
+
+
+def flagged_reading_ids(
+    api: CareWatchApi, flags: Iterable[Mapping[str, Any]], *, since: datetime
+) -> set[str]:
+    """The ids of the readings linked to ``flags``, asking only for flags with a breach at or
+    after ``since`` (older flags cannot have a reading inside the period)."""
+    reading_ids: set[str] = set()
+    for flag in flags:
+        last_breach = parse_api_time(flag.get("last_breach_at"))
+        if last_breach is not None and last_breach < since:
+            continue
+        detail = api.flag(int(flag["flag_id"]))
+        reading_ids.update(str(reading["reading_id"]) for reading in detail.get("readings", ()))
+    return reading_ids
+
+
+def device_rows(devices: Sequence[Mapping[str, Any]], now: datetime) -> pd.DataFrame:
+    """The patient's devices as a table: type, last reading, battery, gateway and its state."""
+    return pd.DataFrame(
+        [
+            {
+                "Device": DEVICE_TYPE_NAMES.get(
+                    str(device.get("device_type")), device.get("device_type")
+                ),
+                "Last reading": time_ago(parse_api_time(device.get("last_reading_at")), now),
+                "Battery": (
+                    f"{device['battery_percent']} %"
+                    if device.get("battery_percent") is not None
+                    else "unknown"
+                ),
+                "Gateway": device.get("gateway_id"),
+                "Gateway state": (
+                    f"{device.get('gateway_state', 'unknown')}, seen "
+                    f"{time_ago(parse_api_time(device.get('gateway_last_seen_at')), now)}"
+                ),
+            }
+            for device in devices
+        ],
+        columns=["Device", "Last reading", "Battery", "Gateway", "Gateway state"],
+    )
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+
+def render(connect: ApiConnector) -> None:
+    """The patient page."""
+    st.title("Patient")
+    show_notice()
+    with connect() as api:
+        _render(connect, api)
+
+
+def _render(connect: ApiConnector, api: CareWatchApi) -> None:
+    """Picker, header, period, charts and flags, all through one client for this run."""
+    patients = api.patients()
+    if not patients:
+        st.info("No patients are enrolled yet.")
+        return
+    patient_id = _pick_patient(patients)
+    if patient_id is None:
+        st.info("Choose a patient to see their readings and flags.")
+        return
+    try:
+        patient = api.patient(patient_id)
+    except ApiNotFoundError:
+        st.warning("This patient is no longer enrolled; choose another one.")
+        return
+    now = datetime.now(UTC)
+    summary = next(p for p in patients if str(p["patient_id"]) == patient_id)
+    _header(patient, summary, now)
+
+    days = st.radio(
+        "Period",
+        PERIOD_DAYS,
+        format_func=lambda value: f"{value} days",
+        horizontal=True,
+        key=PERIOD_KEY,
+        persist_state="session",
+    )
+    since = now - timedelta(days=days)
+    readings = api.readings(patient_id, days)
+    flags = api.flags(status=FLAG_HISTORY_STATUSES, patient_id=patient_id)
+    flagged = flagged_reading_ids(api, flags, since=since)
+
+    _vitals(api, readings, flagged_ids=flagged, now=now, days=days)
+    _flags(connect, flags, now=now)
+
+
+def _pick_patient(patients: Sequence[JsonObject]) -> str | None:
+    """The picker, in step with ``?patient=``: a new id in the URL selects that patient; a
+    pick updates the URL (in its callback, before the run reads the URL)."""
+    names = {str(p["patient_id"]): str(p.get("display_name") or p["patient_id"]) for p in patients}
+    requested = st.query_params.get(PATIENT_QUERY_PARAM)
+    if requested is not None and requested not in names:
+        st.warning("The patient in the link was not found; choose one below.")
+    elif requested is not None and requested != st.session_state.get(PICKER_KEY):
+        st.session_state[PICKER_KEY] = requested
+    selected = st.selectbox(
+        "Patient",
+        list(names),
+        index=None,
+        format_func=lambda patient_id: f"{names.get(patient_id, patient_id)} ({patient_id})",
+        placeholder="Choose a patient",
+        key=PICKER_KEY,
+        on_change=_picked,
+        persist_state="session",
+    )
+    if selected is not None and requested != selected:
+        st.query_params[PATIENT_QUERY_PARAM] = selected
+    return selected
+
+
+def _picked() -> None:
+    selected = st.session_state.get(PICKER_KEY)
+    if selected is None:
+        st.query_params.pop(PATIENT_QUERY_PARAM, None)
+    else:
+        st.query_params[PATIENT_QUERY_PARAM] = selected
+
+
+def _header(patient: Mapping[str, Any], summary: Mapping[str, Any], now: datetime) -> None:
+    """Name, program, SpO2 scale, last reading, unresolved flags, and the devices."""
+    st.header(str(patient.get("display_name") or patient["patient_id"]))
+    program = PROGRAM_NAMES.get(str(patient.get("program")), str(patient.get("program")))
+    last_reading = time_ago(parse_api_time(summary.get("last_reading_at")), now)
+    open_flags = int(summary.get("open_flags") or 0)
+    st.caption(
+        f"Program: {escape_markdown(program)} · SpO2 scale {patient.get('spo2_scale', 1)} · "
+        f"last reading {last_reading} · "
+        f"{open_flags} unresolved flag{'' if open_flags == 1 else 's'} · "
+        f"id {escape_markdown(str(patient['patient_id']))}"
+    )
+    devices = patient.get("devices") or []
+    if devices:
+        st.dataframe(device_rows(devices, now), hide_index=True, width="stretch")
+    else:
+        st.caption("No devices have sent readings yet.")
+
+
+def _vitals(
+    api: CareWatchApi,
+    readings: Sequence[Mapping[str, Any]],
+    *,
+    flagged_ids: set[str],
+    now: datetime,
+    days: int,
+) -> None:
+    """One chart per vital with readings in the period, with its thresholds and flagged points."""
+    st.subheader("Vitals")
+    timezone = display_timezone()
+    frame = charts.readings_frame(readings, timezone=timezone, flagged_reading_ids=flagged_ids)
+    if frame.empty:
+        st.info(f"No readings in the last {days} days.")
+        return
+    now_local = now.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
+    window = (now_local - timedelta(days=days), now_local)
+    panels = charts.panels_for(frame["loinc"])
+    threshold_lines: list[JsonObject] = []
+    for panel in panels:
+        for loinc in panel.loincs:
+            threshold_lines.extend(api.thresholds(loinc).get("lines", []))
+    thresholds = charts.thresholds_frame(threshold_lines)
+    for panel in panels:
+        chart = charts.vital_chart(
+            frame.loc[frame["loinc"].isin(panel.loincs)],
+            thresholds.loc[thresholds["metric"].isin(panel.loincs)],
+            title=panel.title,
+            unit=panel.unit,
+            window=window,
+        )
+        st.altair_chart(chart, width="stretch", key=f"chart-{panel.key}")
+    st.caption(
+        f"Times in {timezone}. Dashed lines: thresholds of the rules in force, coloured by "
+        "severity. Red points: readings that raised or joined a flag."
+    )
+
+
+def _flags(connect: ApiConnector, flags: Sequence[Mapping[str, Any]], *, now: datetime) -> None:
+    """The patient's open and acknowledged flags, then the resolved ones folded away."""
+    st.subheader("Flags")
+    active = [flag for flag in flags if flag.get("status") != "resolved"]
+    resolved = [flag for flag in flags if flag.get("status") == "resolved"]
+    if not active:
+        st.caption("No open or acknowledged flags.")
+    for flag in active:
+        flag_card(connect, flag, now=now, key_prefix="patient")
+    if resolved:
+        with st.expander(f"Resolved flags ({len(resolved)})"):
+            for flag in resolved:
+                flag_card(connect, flag, now=now, key_prefix="patient-resolved")

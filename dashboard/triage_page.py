@@ -1,0 +1,259 @@
+"""The triage queue: open and acknowledged flags, most severe first, then oldest first.
+
+The page refreshes itself every :data:`REFRESH_SECONDS` (a fragment, so the sidebar and the
+rest of the app do not rerun). The flag card (:func:`flag_card`) and the text helpers are
+shared with the patient page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import streamlit as st
+
+from dashboard.api_client import ApiConnector, ApiError, CareWatchApi, FlagStatus, parse_api_time
+from dashboard.charts import SEVERITIES, display_unit, format_value, short_metric_name
+
+REFRESH_SECONDS: Final = 15
+#: The severities with a tile above the queue (``info`` flags are listed, not counted).
+COUNTED_SEVERITIES: Final[tuple[str, ...]] = ("critical", "high", "medium", "low")
+QUEUE_STATUSES: Final[tuple[FlagStatus, ...]] = ("open", "acknowledged")
+QUEUE_LIMIT: Final = 500
+SEVERITY_BADGE_COLOURS: Final[Mapping[str, str]] = {
+    "critical": "red",
+    "high": "orange",
+    "medium": "yellow",
+    "low": "blue",
+    "info": "gray",
+}
+#: Session-state key of the message an action left for the next run to show.
+NOTICE_KEY: Final = "flag_action_notice"
+
+OpenPatient = Callable[[str], None]
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def time_ago(then: datetime | None, now: datetime) -> str:
+    """How long ago ``then`` was, as a clinician reads it: "just now", "12 min ago", "3 h ago",
+    "4 d ago" (hours up to two days). A time in the future (a wrong device clock) is "just now".
+    """
+    if then is None:
+        return "never"
+    elapsed = now - then
+    if elapsed < timedelta(minutes=1):
+        return "just now"
+    if elapsed < timedelta(hours=1):
+        return f"{int(elapsed.total_seconds() // 60)} min ago"
+    if elapsed < timedelta(hours=48):
+        return f"{int(elapsed.total_seconds() // 3600)} h ago"
+    return f"{elapsed.days} d ago"
+
+
+def value_with_unit(value: float | None, unit: str | None) -> str:
+    """A value and its unit as shown: "192 mm[Hg]", "38.4 °C"."""
+    text = format_value(value)
+    shown_unit = display_unit(unit)
+    return f"{text} {shown_unit}" if shown_unit and value is not None else text
+
+
+def what_fired(flag: Mapping[str, Any]) -> str:
+    """The condition behind a flag with its worst value: "Systolic 192 mm[Hg] > 180".
+
+    When the condition in force is on another metric than the flag's values (a crisis opened by
+    systolic and raised by diastolic), the condition's own label is shown instead.
+    """
+    threshold: Mapping[str, Any] = flag.get("threshold") or {}
+    metric = threshold.get("metric", flag.get("loinc"))
+    if "above" in threshold:
+        operator, limit = ">", threshold["above"]
+    elif "below" in threshold:
+        operator, limit = "<", threshold["below"]
+    else:
+        return str(threshold.get("label") or flag.get("title", ""))
+    if metric != flag.get("loinc"):
+        return str(threshold.get("label") or f"{short_metric_name(metric)} {operator} {limit}")
+    worst = value_with_unit(flag.get("worst_value"), flag.get("unit"))
+    return f"{short_metric_name(metric)} {worst} {operator} {format_value(limit)}"
+
+
+def status_text(flag: Mapping[str, Any], now: datetime) -> str:
+    """Where a flag stands: "Open", "Acknowledged by Dr Lee 5 min ago", "Resolved by ..."."""
+    status = str(flag.get("status", ""))
+    if status == "acknowledged":
+        by = flag.get("acknowledged_by") or "someone"
+        return f"Acknowledged by {by} {time_ago(parse_api_time(flag.get('acknowledged_at')), now)}"
+    if status == "resolved":
+        by = flag.get("resolved_by") or "someone"
+        return f"Resolved by {by} {time_ago(parse_api_time(flag.get('resolved_at')), now)}"
+    return status.capitalize()
+
+
+def readings_text(count: int) -> str:
+    """How many readings a flag collected: "1 reading", "3 readings"."""
+    return f"{count} reading" if count == 1 else f"{count} readings"
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` shown literally in Streamlit Markdown (names may contain ``*``, ``_``, ``[``)."""
+    special = "\\`*_[]<>#|~$"
+    return "".join(f"\\{char}" if char in special else char for char in text)
+
+
+# --- widgets -------------------------------------------------------------------------------------
+
+
+def show_notice() -> None:
+    """Show, once, the message the last flag action left (success or the API's error)."""
+    notice = st.session_state.pop(NOTICE_KEY, None)
+    if not notice:
+        return
+    kind, message = notice
+    if kind == "error":
+        st.error(message)
+    else:
+        st.success(message)
+
+
+def _acknowledge(connect: ApiConnector, flag_id: int) -> None:
+    """Button callback: acknowledge, and leave a notice for the rerun that follows."""
+    try:
+        with connect() as api:
+            flag = api.acknowledge(flag_id)
+    except ApiError as exc:
+        st.session_state[NOTICE_KEY] = ("error", f"Could not acknowledge the flag: {exc}")
+        return
+    who = flag.get("patient_name") or "the patient"
+    st.session_state[NOTICE_KEY] = (
+        "success",
+        f"Acknowledged: {flag.get('title', 'flag')} for {who}.",
+    )
+
+
+def flag_card(
+    connect: ApiConnector,
+    flag: Mapping[str, Any],
+    *,
+    now: datetime,
+    key_prefix: str,
+    open_patient: OpenPatient | None = None,
+) -> None:
+    """One flag: severity badge, patient, what fired, worst and last value, readings, age,
+    status; "Acknowledge" when open; "Open patient" when ``open_patient`` is given.
+
+    Widget keys: ``{key_prefix}-ack-{flag_id}`` and ``{key_prefix}-open-{flag_id}``.
+    """
+    flag_id = int(flag["flag_id"])
+    severity = str(flag.get("severity", "info"))
+    status = str(flag.get("status", ""))
+    unit = flag.get("unit")
+    with st.container(border=True, key=f"{key_prefix}-flag-{flag_id}"):
+        badge_column, text_column, action_column = st.columns(
+            [1.2, 6, 1.8], vertical_alignment="center"
+        )
+        with badge_column:
+            colour: Any = SEVERITY_BADGE_COLOURS.get(severity, "gray")
+            st.badge(severity.upper(), color=colour)
+            st.caption(status_text(flag, now))
+        with text_column:
+            name = escape_markdown(str(flag.get("patient_name") or flag.get("patient_id", "")))
+            title = escape_markdown(str(flag.get("title", "")))
+            st.markdown(f"**{name}** · {title} · {escape_markdown(what_fired(flag))}")
+            opened = time_ago(parse_api_time(flag.get("opened_at")), now)
+            last_breach = time_ago(parse_api_time(flag.get("last_breach_at")), now)
+            st.caption(
+                f"worst {value_with_unit(flag.get('worst_value'), unit)} · "
+                f"last {value_with_unit(flag.get('last_value'), unit)} · "
+                f"{readings_text(int(flag.get('breach_count', 0)))} · "
+                f"opened {opened} · last breach {last_breach}"
+            )
+        with action_column:
+            if status == "open":
+                st.button(
+                    "Acknowledge",
+                    key=f"{key_prefix}-ack-{flag_id}",
+                    type="primary",
+                    width="stretch",
+                    on_click=_acknowledge,
+                    args=(connect, flag_id),
+                )
+            if open_patient is not None and st.button(
+                "Open patient", key=f"{key_prefix}-open-{flag_id}", width="stretch"
+            ):
+                open_patient(str(flag["patient_id"]))
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+
+def render(connect: ApiConnector, open_patient: OpenPatient) -> None:
+    """The triage page. ``open_patient(patient_id)`` switches to that patient's page."""
+    st.title("Triage queue")
+    st.caption(
+        "Open and acknowledged flags, most severe first, then oldest first. "
+        f"Refreshes every {REFRESH_SECONDS} s."
+    )
+    _queue(connect, open_patient)
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def _queue(connect: ApiConnector, open_patient: OpenPatient) -> None:
+    """Counts, filters and flags; reruns on its own every :data:`REFRESH_SECONDS`."""
+    show_notice()
+    try:
+        with connect() as api:
+            counts = api.flag_counts()
+            _show_queue(connect, api, counts, open_patient)
+    except ApiError as exc:
+        st.error(str(exc))
+
+
+def _show_queue(
+    connect: ApiConnector, api: CareWatchApi, counts: Mapping[str, int], open_patient: OpenPatient
+) -> None:
+    """Severity tiles, the filters, then the flags that pass them (or why there are none)."""
+    for column, severity in zip(
+        st.columns(len(COUNTED_SEVERITIES)), COUNTED_SEVERITIES, strict=True
+    ):
+        column.metric(severity.capitalize(), counts.get(severity, 0), border=True)
+
+    severity_column, status_column = st.columns([3, 2])
+    with severity_column:
+        severities = st.multiselect(
+            "Severity",
+            SEVERITIES,
+            default=list(SEVERITIES),
+            format_func=str.capitalize,
+            key="triage_severities",
+            persist_state="session",
+        )
+    with status_column:
+        statuses = st.segmented_control(
+            "Status",
+            QUEUE_STATUSES,
+            selection_mode="multi",
+            default=list(QUEUE_STATUSES),
+            format_func=str.capitalize,
+            key="triage_statuses",
+            persist_state="session",
+        )
+
+    if sum(counts.values()) == 0:
+        st.success("No open flags. New flags appear here within seconds of the rules raising them.")
+        return
+    if not severities or not statuses:
+        st.info("Choose at least one severity and one status to see flags.")
+        return
+    flags = api.flags(status=list(statuses), limit=QUEUE_LIMIT)
+    shown = [flag for flag in flags if flag.get("severity") in severities]
+    if not shown:
+        st.info("No flags match these filters.")
+        return
+    if len(flags) >= QUEUE_LIMIT:
+        st.caption(f"Showing the first {QUEUE_LIMIT} flags of the queue.")
+    now = datetime.now(UTC)
+    for flag in shown:
+        flag_card(connect, flag, now=now, key_prefix="triage", open_patient=open_patient)

@@ -1,0 +1,324 @@
+"""The workspace's pages through Streamlit's AppTest, against the real ingest API.
+
+Streamlit's AppTest runs ``dashboard/app.py`` in-process as ``streamlit run`` would; the app
+talks over HTTP to the API that ``api_server`` serves. Altair charts show up in the element
+tree as ``vega_lite_chart`` nodes whose ``proto.spec`` is the Vega-Lite JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import psycopg
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import charts
+from dashboard.api_client import CareWatchApi
+from dashboard.triage_page import time_ago, what_fired
+from tests.dashboard.conftest import APP_PATH, RunningApi, SeededWorkspace
+
+RUN_TIMEOUT_S = 60
+
+
+def run_workspace(**context: Any) -> AppTest:
+    """A fresh session of the workspace, run once; fails on any uncaught exception."""
+    at = AppTest.from_file(str(APP_PATH), default_timeout=RUN_TIMEOUT_S)
+    at.context = context
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def page_text(at: AppTest) -> str:
+    """Every Markdown and caption text on the page, without Markdown escapes."""
+    texts = [element.value for element in (*at.markdown, *at.caption, *at.header, *at.title)]
+    return "\n".join(texts).replace("\\", "")
+
+
+def chart_specs(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+
+
+def layer_names(spec: dict[str, Any]) -> list[str]:
+    return [layer.get("name", "") for layer in spec.get("layer", [])]
+
+
+@pytest.mark.db
+def test_triage_page_shows_the_counts_and_the_queue(
+    workspace_env: RunningApi, seeded: SeededWorkspace
+) -> None:
+    at = run_workspace()
+
+    assert {metric.label: metric.value for metric in at.metric} == {
+        "Critical": "2",
+        "High": "0",
+        "Medium": "1",
+        "Low": "0",
+    }
+    text = page_text(at)
+    assert seeded.crisis_patient_name in text
+    assert "Hypertensive crisis · Systolic 192 mm[Hg] > 180" in text
+    assert "SpO2 89 % < 92" in text
+    assert "worst 192 mm[Hg] · last 192 mm[Hg] · 2 readings · opened 2 d ago" in text
+    assert "Temperature 38.4 °C > 38" in text
+    # Most severe first, then oldest first: the SpO2 flag opened a day before the crisis.
+    assert text.index(seeded.spo2_patient_name) < text.index("Hypertensive crisis")
+    assert text.index("Hypertensive crisis") < text.index("Fever")
+    assert [b.key for b in at.button if b.key and b.key.startswith("triage-ack-")] == [
+        f"triage-ack-{seeded.spo2_flag_id}",
+        f"triage-ack-{seeded.crisis_flag_id}",
+        f"triage-ack-{seeded.fever_flag_id}",
+    ]
+    assert [alert.value for alert in at.sidebar.success] == ["API ready"]
+    assert at.sidebar.text_input(key="clinician_name").value == "clinician"
+
+
+@pytest.mark.db
+def test_acknowledge_on_the_queue_acknowledges_through_the_api_as_the_clinician(
+    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+) -> None:
+    at = run_workspace()
+    at.sidebar.text_input(key="clinician_name").set_value("Dr Test").run()
+
+    at.button(key=f"triage-ack-{seeded.crisis_flag_id}").click().run()
+
+    assert not at.exception
+    flag = api.flag(seeded.crisis_flag_id)
+    assert (flag["status"], flag["acknowledged_by"]) == ("acknowledged", "Dr Test")
+    assert [alert.value for alert in at.main.success] == [
+        f"Acknowledged: Hypertensive crisis for {seeded.crisis_patient_name}."
+    ]
+    keys = {b.key for b in at.button}
+    assert f"triage-ack-{seeded.crisis_flag_id}" not in keys  # acknowledged: no button
+    assert f"triage-open-{seeded.crisis_flag_id}" in keys  # still in the queue
+    assert "Acknowledged by Dr Test just now" in page_text(at)
+
+
+@pytest.mark.db
+def test_the_status_filter_narrows_the_queue(
+    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+) -> None:
+    api.acknowledge(seeded.fever_flag_id)
+    at = run_workspace()
+
+    at.segmented_control(key="triage_statuses").set_value(["acknowledged"]).run()
+
+    assert not at.exception
+    assert {b.key for b in at.button} == {f"triage-open-{seeded.fever_flag_id}"}
+    at.multiselect(key="triage_severities").set_value(["critical"]).run()
+    assert [alert.value for alert in at.info] == ["No flags match these filters."]
+
+
+@pytest.mark.db
+def test_open_patient_shows_charts_with_thresholds_and_flagged_readings(
+    workspace_env: RunningApi, seeded: SeededWorkspace
+) -> None:
+    at = run_workspace(timezone="Europe/Berlin")
+
+    at.button(key=f"triage-open-{seeded.crisis_flag_id}").click().run()
+
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.query_params["patient"] == seeded.crisis_patient_id
+    assert at.selectbox(key="patient_picker").value == seeded.crisis_patient_id
+    assert [header.value for header in at.header] == [seeded.crisis_patient_name]
+    specs = chart_specs(at)
+    assert [spec["title"] for spec in specs] == ["Blood pressure", "Temperature"]
+    blood_pressure, temperature = specs
+    assert layer_names(blood_pressure) == [
+        "readings",
+        "thresholds",
+        "threshold_labels",
+        "flagged",
+    ]
+    assert layer_names(temperature) == ["readings", "thresholds", "threshold_labels", "flagged"]
+    assert "Times in Europe/Berlin" in page_text(at)
+    # The patient's own flags, with the acknowledge buttons of the patient page.
+    assert {b.key for b in at.button} == {
+        f"patient-ack-{seeded.crisis_flag_id}",
+        f"patient-ack-{seeded.fever_flag_id}",
+    }
+
+
+@pytest.mark.db
+def test_patient_page_period_picker_and_acknowledge(
+    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+) -> None:
+    at = run_workspace()
+    at.button(key=f"triage-open-{seeded.spo2_flag_id}").click().run()
+
+    at.radio(key="patient_period_days").set_value(30).run()
+    assert not at.exception
+    assert [spec["title"] for spec in chart_specs(at)] == ["SpO2"]
+
+    at.button(key=f"patient-ack-{seeded.spo2_flag_id}").click().run()
+    assert not at.exception
+    assert api.flag(seeded.spo2_flag_id)["status"] == "acknowledged"
+
+    at.selectbox(key="patient_picker").set_value(seeded.crisis_patient_id).run()
+    assert not at.exception
+    assert at.query_params["patient"] == seeded.crisis_patient_id
+    assert [header.value for header in at.header] == [seeded.crisis_patient_name]
+
+
+@pytest.mark.db
+def test_an_empty_queue_says_there_is_nothing_to_do(
+    workspace_env: RunningApi, db: psycopg.Connection
+) -> None:
+    at = run_workspace()
+
+    assert [alert.value for alert in at.main.success] == [
+        "No open flags. New flags appear here within seconds of the rules raising them."
+    ]
+    assert {metric.value for metric in at.metric} == {"0"}
+
+
+def test_an_unreachable_api_is_explained_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CAREWATCH_API_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("CAREWATCH_API_TOKEN", "some-token")
+
+    at = run_workspace()
+
+    expected = f"cannot reach the CareWatch API at http://127.0.0.1:{port}: is ingest running?"
+    assert at.error
+    assert all(alert.value.startswith(expected) for alert in at.error)
+    assert at.sidebar.error
+
+
+def test_a_missing_token_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAREWATCH_API_TOKEN", raising=False)
+
+    at = run_workspace()
+
+    assert [alert.value for alert in at.error] == [
+        "CAREWATCH_API_TOKEN is not set: set it to the ingest service's token "
+        "(the value ingest runs with)"
+    ]
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def test_vital_chart_layers_readings_thresholds_and_flagged_points() -> None:
+    start = datetime(2026, 3, 1, 8, 0, tzinfo=UTC).replace(tzinfo=None)  # wall-clock time
+    frame = charts.readings_frame(
+        [
+            {
+                "reading_id": f"r{index}",
+                "loinc": loinc,
+                "value": value,
+                "unit": "mm[Hg]",
+                "measured_at": f"2026-03-0{day}T07:00:00+00:00",
+            }
+            for index, (day, loinc, value) in enumerate(
+                [(1, "8480-6", 142), (1, "8462-4", 88), (2, "8480-6", 192), (2, "8462-4", 124)]
+            )
+        ],
+        timezone="Europe/Berlin",
+        flagged_reading_ids={"r2", "r3"},
+    )
+    thresholds = charts.thresholds_frame(
+        [
+            {"metric": "8480-6", "limit": 180, "severity": "critical", "label": "Systolic > 180"},
+            {"metric": "8462-4", "limit": 120, "severity": "critical", "label": "Diastolic > 120"},
+        ]
+    )
+
+    chart = charts.vital_chart(
+        frame,
+        thresholds,
+        title="Blood pressure",
+        unit="mm[Hg]",
+        window=(start - timedelta(days=1), start + timedelta(days=2)),
+    )
+
+    assert isinstance(chart, alt.LayerChart)
+    spec = chart.to_dict()
+    rules, flagged = spec["layer"][1], spec["layer"][3]
+    assert (rules["name"], rules["mark"]["type"], rules["mark"]["strokeDash"]) == (
+        "thresholds",
+        "rule",
+        [6, 4],
+    )
+    assert rules["encoding"]["color"]["scale"] == {
+        "domain": ["critical"],
+        "range": [charts.SEVERITY_COLOURS["critical"]],
+    }
+    assert (flagged["name"], flagged["mark"]["type"], flagged["mark"]["color"]) == (
+        "flagged",
+        "point",
+        charts.FLAGGED_COLOUR,
+    )
+    flagged_rows = spec["datasets"][flagged["data"]["name"]]
+    assert sorted(row["value"] for row in flagged_rows) == [124, 192]
+    assert frame["measured_local"].iloc[0] == pd.Timestamp("2026-03-01 08:00")  # CET wall time
+    assert frame["series"].tolist() == ["Systolic", "Diastolic", "Systolic", "Diastolic"]
+    readings_colour = spec["layer"][0]["encoding"]["color"]["scale"]["domain"]
+    assert readings_colour == ["Systolic", "Diastolic"]
+
+
+def test_a_vital_without_thresholds_or_flags_is_a_single_layer() -> None:
+    frame = charts.readings_frame(
+        [
+            {
+                "reading_id": "r1",
+                "loinc": "8867-4",
+                "value": 72,
+                "unit": "/min",
+                "measured_at": "2026-03-01T07:00:00Z",
+            }
+        ]
+    )
+
+    chart = charts.vital_chart(frame, charts.thresholds_frame([]), title="Heart rate", unit="/min")
+
+    assert [layer["name"] for layer in chart.to_dict()["layer"]] == ["readings"]
+
+
+def test_panels_group_blood_pressure_and_keep_other_metrics() -> None:
+    panels = charts.panels_for(["59408-5", "8462-4", "8480-6", "39156-5"])
+
+    assert [(p.title, tuple(p.loincs)) for p in panels] == [
+        ("Blood pressure", ("8480-6", "8462-4")),
+        ("SpO2", ("59408-5",)),
+        ("Body mass index", ("39156-5",)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "text"),
+    [
+        (timedelta(seconds=-30), "just now"),
+        (timedelta(seconds=59), "just now"),
+        (timedelta(minutes=12), "12 min ago"),
+        (timedelta(hours=3, minutes=50), "3 h ago"),
+        (timedelta(hours=47), "47 h ago"),
+        (timedelta(days=4, hours=5), "4 d ago"),
+    ],
+)
+def test_time_ago(elapsed: timedelta, text: str) -> None:
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert time_ago(now - elapsed, now) == text
+
+
+def test_what_fired_names_the_metric_the_value_and_the_limit() -> None:
+    flag = {
+        "loinc": "59408-5",
+        "unit": "%",
+        "worst_value": 89.0,
+        "title": "SpO2 below target",
+        "threshold": {"metric": "59408-5", "below": 92.0, "label": "SpO2 <= 91 %"},
+    }
+    assert what_fired(flag) == "SpO2 89 % < 92"
+    other_metric = {**flag, "threshold": {"metric": "8462-4", "above": 120, "label": "Dia > 120"}}
+    assert what_fired(other_metric) == "Dia > 120"
