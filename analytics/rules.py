@@ -75,11 +75,16 @@ _MERGE_COLUMNS: Final = (
     "is_above",
     "limit",
     "severity_rank",
+    "rule_spo2_scale",
 )
 _DESCRIPTIVE_COLUMNS: Final = ("rule_id", "kind", "direction", "title", "severity", "label")
 
 _RULESET_KEYS: Final = frozenset({"version", "rules"})
-_RULE_KEYS: Final = frozenset({"id", "title", "kind", "direction", "source", "when"})
+_RULE_KEYS: Final = frozenset({"id", "title", "kind", "direction", "source", "when", "spo2_scale"})
+#: The SpO2 scales of NEWS2: 1 for most people, 2 for those a clinician put on 88-92 %.
+SPO2_SCALES: Final = (1, 2)
+#: Column of the optional per-patient SpO2 scale in the readings frame (absent = scale 1).
+SPO2_SCALE_COLUMN: Final = "spo2_scale"
 _CONDITION_KEYS: Final = frozenset({"metric", "above", "below", "severity", "label"})
 
 
@@ -123,6 +128,8 @@ class ThresholdRule:
     direction: Direction
     source: str
     conditions: tuple[Condition, ...]
+    #: Applies only to patients on this SpO2 scale (1 or 2); None = every patient.
+    spo2_scale: int | None = None
 
     @property
     def metrics(self) -> frozenset[str]:
@@ -162,6 +169,7 @@ class RuleSet:
                 "severity": condition.severity,
                 "label": condition.label,
                 "rule_id": rule.id,
+                "spo2_scale": rule.spo2_scale,
             }
             for rule in self.rules
             for condition in rule.conditions
@@ -184,6 +192,9 @@ class RuleSet:
                 "rule_order": np.array([rule_order[rule.id] for rule, _ in pairs], dtype="int64"),
                 "is_above": np.array([c.comparison == "above" for _, c in pairs], dtype=bool),
                 "limit": np.array([c.limit for _, c in pairs], dtype="float64"),
+                "rule_spo2_scale": np.array(
+                    [rule.spo2_scale or 0 for rule, _ in pairs], dtype="int64"
+                ),
                 "severity_rank": np.array(
                     [SEVERITY_RANK[c.severity] for _, c in pairs], dtype="int64"
                 ),
@@ -273,6 +284,9 @@ def _parse_rule(raw: Any, *, position: int, source: str) -> ThresholdRule:
         _parse_condition(raw_condition, direction=direction, where=f"{where}, condition {index}")
         for index, raw_condition in enumerate(raw_conditions, start=1)
     )
+    spo2_scale = raw.get("spo2_scale")
+    if spo2_scale is not None and (isinstance(spo2_scale, bool) or spo2_scale not in SPO2_SCALES):
+        raise RulesConfigError(f"{where}: `spo2_scale` must be 1 or 2, not {spo2_scale!r}")
     return ThresholdRule(
         id=rule_id,
         title=title,
@@ -280,6 +294,7 @@ def _parse_rule(raw: Any, *, position: int, source: str) -> ThresholdRule:
         direction=cast(Direction, direction),
         source=source_text,
         conditions=conditions,
+        spo2_scale=spo2_scale,
     )
 
 
@@ -375,9 +390,15 @@ def evaluate_thresholds(readings: pd.DataFrame, rules: RuleSet) -> pd.DataFrame:
     relevant = readings.loc[readings["loinc"].isin(rules.metrics), list(READING_COLUMNS)]
     if relevant.empty:
         return empty_breaches()
+    patient_scale = (
+        readings.loc[relevant.index, SPO2_SCALE_COLUMN].fillna(1).astype("int64")
+        if SPO2_SCALE_COLUMN in readings.columns
+        else 1
+    )
     relevant = relevant.assign(
         measured_at=_as_utc(relevant["measured_at"]),
         value=pd.to_numeric(relevant["value"], errors="raise").astype("float64"),
+        patient_spo2_scale=patient_scale,
     )
 
     # Merge on the numeric columns only; descriptive ones are looked up for the breaches.
@@ -388,6 +409,8 @@ def evaluate_thresholds(readings: pd.DataFrame, rules: RuleSet) -> pd.DataFrame:
     limits = candidates["limit"].to_numpy(dtype="float64")
     is_above = candidates["is_above"].to_numpy(dtype=bool)
     breached = np.where(is_above, values > limits, values < limits)  # NaN never breaches
+    rule_scale = candidates["rule_spo2_scale"].to_numpy(dtype="int64")
+    breached &= (rule_scale == 0) | (rule_scale == candidates["patient_spo2_scale"].to_numpy())
     hits = candidates.loc[breached]
     if hits.empty:
         return empty_breaches()

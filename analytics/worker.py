@@ -30,7 +30,13 @@ from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
 from analytics.flag_store import FlagChanges, apply_breaches
-from analytics.rules import READING_COLUMNS, RuleSet, evaluate_thresholds, load_rules
+from analytics.rules import (
+    READING_COLUMNS,
+    SPO2_SCALE_COLUMN,
+    RuleSet,
+    evaluate_thresholds,
+    load_rules,
+)
 from analytics.settings import AnalyticsSettings
 
 log = logging.getLogger(__name__)
@@ -159,13 +165,14 @@ def _read_window(
     """The readings stored by transactions in ``[lower, upper)`` whose metric a rule uses."""
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT reading_id, patient_id, loinc, value, measured_at FROM readings"
-            " WHERE ingest_xid >= %s::text::xid8 AND ingest_xid < %s::text::xid8"
-            " AND loinc = ANY(%s::text[])",
+            "SELECT r.reading_id, r.patient_id, r.loinc, r.value, r.measured_at, p.spo2_scale"
+            " FROM readings r JOIN patients p USING (patient_id)"
+            " WHERE r.ingest_xid >= %s::text::xid8 AND r.ingest_xid < %s::text::xid8"
+            " AND r.loinc = ANY(%s::text[])",
             (str(lower), str(upper), sorted(metrics)),
         )
         rows = cur.fetchall()
-    frame = pd.DataFrame.from_records(rows, columns=list(READING_COLUMNS))
+    frame = pd.DataFrame.from_records(rows, columns=[*READING_COLUMNS, SPO2_SCALE_COLUMN])
     if frame.empty:
         return frame.astype({"value": "float64", "measured_at": "datetime64[ns, UTC]"})
     return frame.assign(measured_at=pd.to_datetime(frame["measured_at"], utc=True))

@@ -539,3 +539,22 @@ def test_run_forever_survives_an_unreachable_database(stop_event: threading.Even
     stop_event.set()
     worker.join(timeout=5)
     assert not worker.is_alive()
+
+
+def test_the_worker_holds_each_patient_to_their_own_spo2_scale(
+    db: psycopg.Connection[Any], rules: RuleSet
+) -> None:
+    add_patient(db, "copd")
+    db.execute("UPDATE patients SET spo2_scale = 2 WHERE patient_id = 'copd'")
+    add_patient(db, "most")
+    add_readings(db, "copd", [(SPO2, 90, 0), (SPO2, 86, 1)])
+    add_readings(db, "most", [(SPO2, 90, 0)])
+    db.commit()
+
+    run_once(db, rules)
+
+    flags = {(f["patient_id"], f["rule_id"], f["worst_value"]) for f in list_flags(db)}
+    assert flags == {
+        ("copd", "spo2-below-target-scale-2", 86.0),  # 90 % is within a COPD patient's target
+        ("most", "spo2-below-target", 90.0),
+    }

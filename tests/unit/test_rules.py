@@ -332,6 +332,7 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
     assert {rule.id for rule in rules.rules} == {
         "hypertensive-crisis",
         "spo2-below-target",
+        "spo2-below-target-scale-2",
         "hypoglycaemia",
         "hyperglycaemia",
         "fever",
@@ -345,6 +346,7 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
             "severity": "medium",
             "label": "Glucose < 70 mg/dL (level 1)",
             "rule_id": "hypoglycaemia",
+            "spo2_scale": None,
         },
         {
             "metric": "41653-7",
@@ -353,6 +355,7 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
             "severity": "critical",
             "label": "Glucose < 54 mg/dL (level 2)",
             "rule_id": "hypoglycaemia",
+            "spo2_scale": None,
         },
         {
             "metric": "41653-7",
@@ -361,6 +364,7 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
             "severity": "high",
             "label": "Glucose > 250 mg/dL (level 2)",
             "rule_id": "hyperglycaemia",
+            "spo2_scale": None,
         },
     ]
     assert rules.threshold_lines(str(Loinc.HEART_RATE)) == []
@@ -462,3 +466,34 @@ def test_rules_table_has_one_row_per_condition(rules: RuleSet) -> None:
     rows = lines[first_row : lines.index("", first_row)]
     assert len(rows) == sum(len(rule.conditions) for rule in rules.rules)
     assert rows[0].split()[:2] == ["hypertensive-crisis", "high"]
+
+
+@pytest.mark.parametrize(
+    ("scale", "spo2", "expected"),
+    [
+        (1, 93, ("spo2-below-target", "high")),
+        (1, 91, ("spo2-below-target", "critical")),
+        (2, 93, None),  # within the 88-92 % target of a patient at risk of CO2 retention
+        (2, 88, None),
+        (2, 87, ("spo2-below-target-scale-2", "high")),
+        (2, 84, ("spo2-below-target-scale-2", "high")),
+        (2, 83, ("spo2-below-target-scale-2", "critical")),
+    ],
+)
+def test_spo2_targets_follow_the_patients_scale(
+    rules: RuleSet, scale: int, spo2: float, expected: tuple[str, str] | None
+) -> None:
+    frame = readings_frame((str(Loinc.SPO2), spo2)).assign(spo2_scale=scale)
+    result = evaluate_thresholds(frame, rules)
+    found = [(row.rule_id, row.severity) for row in result.itertuples()]
+    assert found == ([expected] if expected else [])
+
+
+def test_a_frame_without_a_scale_column_means_scale_1(rules: RuleSet) -> None:
+    assert breach_of(rules, str(Loinc.SPO2), 87) == ("spo2-below-target", "critical")
+
+
+def test_spo2_scale_must_be_1_or_2(tmp_path: Path) -> None:
+    bad = VALID_RULE.replace('direction = "low"', 'direction = "low"\nspo2_scale = 3', 1)
+    with pytest.raises(RulesConfigError, match="spo2_scale"):
+        load_rules(write_rules(tmp_path, bad))
