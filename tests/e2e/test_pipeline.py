@@ -128,3 +128,29 @@ def test_ingest_killed_and_restarted_while_the_gateway_publishes_loses_and_doubl
     assert rows == distinct == accepted
     assert gaps == 0
     assert pipeline.outbox("SELECT count(*) FROM undecodable") == 0
+
+
+def test_gateway_status_is_online_while_connected_and_offline_by_last_will(
+    pipeline: Pipeline,
+) -> None:
+    enroll(pipeline, patients=2)
+    pipeline.start_ingest()
+    pipeline.start(
+        "gateway",
+        "-m",
+        "gateway_agent",
+        "run",
+        "--simulate",
+        "--patients",
+        "2",
+        "--history-days",
+        "0",
+        "--rate",
+        "1",
+        "--live-readings",
+        "0",
+    )
+    state = f"SELECT state FROM gateways WHERE gateway_id = '{pipeline.gateway_id}'"
+    wait_until(lambda: pipeline.db_value(state) == "online", 30, "the gateway online")
+    pipeline.kill("gateway", signal.SIGKILL)  # no goodbye: the broker sends the last will
+    wait_until(lambda: pipeline.db_value(state) == "offline", 30, "the last will")
