@@ -1,16 +1,22 @@
 """Vital-sign charts: API records in, pandas frames, Altair charts out. No Streamlit, no I/O.
 
-Times: the API gives UTC. A chart shows the clinician's local wall-clock time, so
-:func:`readings_frame` converts ``measured_at`` to the display timezone and drops the offset
-(``measured_local``), and :func:`vital_chart` draws that column on a ``utc`` time scale, which
-Vega-Lite renders as given whatever the browser's own timezone is.
+Times: the API gives UTC, and a chart keeps it: :func:`readings_frame` adds ``measured_utc``,
+the instant as an ISO 8601 string ending in ``Z``, and :func:`vital_chart` draws it on a plain
+(local) time scale whose domain is given as such strings too. The browser then shows axis and
+tooltips in the viewer's own timezone, which Streamlit reports as ``st.context.timezone``.
+
+Never give a temporal scale domain as epoch milliseconds: Vega-Lite compiles each domain value
+to ``datetime(value)``, and Streamlit evaluates Vega expressions with ``vega-interpreter``,
+whose ``datetime`` takes a lone number as a *year*. The domain then is an invalid date and every
+point collapses onto the left edge with no x axis, while the spec looks right.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import altair as alt
@@ -53,8 +59,7 @@ READINGS_FRAME_COLUMNS: Final[tuple[str, ...]] = (
     "value",
     "unit",
     "measured_at",
-    "measured_local",
-    "when",
+    "measured_utc",
     "flagged",
 )
 THRESHOLDS_FRAME_COLUMNS: Final[tuple[str, ...]] = (
@@ -65,7 +70,11 @@ THRESHOLDS_FRAME_COLUMNS: Final[tuple[str, ...]] = (
     "severity",
     "label",
 )
+#: d3 time formats, applied by the browser in the viewer's timezone.
 _WHEN_FORMAT: Final = "%a %d %b %H:%M"
+_DAY_FORMAT: Final = "%d %b"
+#: At most about this many dated ticks on an x axis (one a day for a week).
+_DAY_TICKS: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +145,13 @@ def panels_for(loincs: Iterable[str]) -> list[VitalPanel]:
 def readings_frame(
     readings: Iterable[Mapping[str, Any]],
     *,
-    timezone: str = "UTC",
     flagged_reading_ids: Collection[str] = (),
 ) -> pd.DataFrame:
     """The API's readings as a frame of :data:`READINGS_FRAME_COLUMNS`, oldest first.
 
-    ``measured_at`` stays aware (UTC); ``measured_local`` is the wall-clock time in
-    ``timezone`` without offset; ``when`` is that time as text for tooltips; ``flagged`` says
-    whether the reading is one of ``flagged_reading_ids`` (readings linked to a flag).
+    ``measured_at`` stays aware (UTC); ``measured_utc`` is the same instant as an ISO 8601
+    string in UTC ("2026-11-22T07:00:00.000Z"), what :func:`vital_chart` draws; ``flagged``
+    says whether the reading is one of ``flagged_reading_ids`` (readings linked to a flag).
     """
     records = [
         {
@@ -159,13 +167,11 @@ def readings_frame(
         return _empty_readings_frame()
     frame = pd.DataFrame.from_records(records)
     measured_at = pd.to_datetime(frame["measured_at"], utc=True, format="ISO8601")
-    local = measured_at.dt.tz_convert(timezone).dt.tz_localize(None)
     flagged = {str(reading_id) for reading_id in flagged_reading_ids}
     frame = frame.assign(
         series=frame["loinc"].map(short_metric_name),
         measured_at=measured_at,
-        measured_local=local,
-        when=local.dt.strftime(_WHEN_FORMAT),
+        measured_utc=measured_at.map(_iso_utc),
         flagged=frame["reading_id"].isin(flagged),
     )
     frame = frame.sort_values(["measured_at", "reading_id"], kind="stable")
@@ -181,11 +187,31 @@ def _empty_readings_frame() -> pd.DataFrame:
             "value": pd.Series(dtype="float64"),
             "unit": pd.Series(dtype=object),
             "measured_at": pd.Series(dtype="datetime64[ns, UTC]"),
-            "measured_local": pd.Series(dtype="datetime64[ns]"),
-            "when": pd.Series(dtype=object),
+            "measured_utc": pd.Series(dtype=object),
             "flagged": pd.Series(dtype=bool),
         }
     )
+
+
+def _iso_utc(moment: datetime) -> str:
+    """An aware time as the ISO 8601 string every browser parses as that instant:
+    "2026-11-22T07:00:00.000Z" (UTC, milliseconds, ``Z``)."""
+    if moment.tzinfo is None:
+        raise ValueError(f"a chart time must be timezone-aware, not {moment!r}")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def applicable_threshold_lines(
+    lines: Iterable[Mapping[str, Any]], spo2_scale: int
+) -> list[Mapping[str, Any]]:
+    """The threshold lines that apply to a patient on NEWS2 SpO2 scale ``spo2_scale``: those
+    of rules for every patient (``spo2_scale`` null or absent) and those of the patient's scale.
+    """
+    return [
+        line
+        for line in lines
+        if line.get("spo2_scale") is None or int(line["spo2_scale"]) == int(spo2_scale)
+    ]
 
 
 def thresholds_frame(lines: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -229,21 +255,34 @@ def vital_chart(
 
     ``readings``: a frame of :func:`readings_frame` (only this panel's metrics).
     ``thresholds``: a frame of :func:`thresholds_frame` (only this panel's metrics).
-    ``window``: the period shown, as naive local wall-clock times like ``measured_local``;
-    ``None`` fits the readings. Layers are named ``readings``, ``thresholds``,
-    ``threshold_labels`` and ``flagged``; the last three only when they have rows.
+    ``window``: the period shown, as aware times (``start``, ``end``); ``None`` fits the
+    readings. Times show in the viewer's (browser's) timezone. Layers are named ``readings``,
+    ``thresholds``, ``threshold_labels`` and ``flagged``; the last three only when they have
+    rows.
     """
     series = _series_order(readings)
-    x_scale = alt.Scale(type="utc", domain=_epoch_ms(window)) if window else alt.Scale(type="utc")
+    if window is not None:
+        # ISO strings, never epoch milliseconds: see the module docstring.
+        x_scale = alt.Scale(type="time", domain=[_iso_utc(moment) for moment in window])
+        span = window[1] - window[0]
+    else:
+        x_scale = alt.Scale(type="time")
+        span = readings["measured_at"].max() - readings["measured_at"].min()
+    span_days = span.total_seconds() / 86_400 if pd.notna(span) else 0.0
     x = alt.X(
-        "measured_local:T",
+        "measured_utc:T",
         title=None,
         scale=x_scale,
-        axis=alt.Axis(format="%d %b", labelOverlap=True, grid=False),
+        axis=alt.Axis(
+            format=_DAY_FORMAT,
+            tickCount=_date_ticks(span_days),
+            labelOverlap=True,
+            grid=False,
+        ),
     )
     y = alt.Y("value:Q", title=display_unit(unit) or None, scale=alt.Scale(zero=False))
     tooltip = [
-        alt.Tooltip("when:N", title="Measured"),
+        alt.Tooltip("measured_utc:T", title="Measured", format=_WHEN_FORMAT),
         alt.Tooltip("series:N", title="Metric"),
         alt.Tooltip("value:Q", title=display_unit(unit) or "Value"),
     ]
@@ -321,9 +360,12 @@ def vital_chart(
     )
 
 
-def _epoch_ms(window: tuple[datetime, datetime]) -> list[int]:
-    """Naive wall-clock times as the milliseconds a ``utc`` scale reads them as."""
-    return [int(pd.Timestamp(moment).tz_localize(None).value // 1_000_000) for moment in window]
+def _date_ticks(span_days: float) -> alt.TimeIntervalStep:
+    """About :data:`_DAY_TICKS` ticks at local midnights: every day (or few days) up to two
+    weeks, else every week or few weeks (counted from the epoch, so evenly spaced)."""
+    if span_days <= 14:
+        return alt.TimeIntervalStep(interval="day", step=max(1, math.ceil(span_days / _DAY_TICKS)))
+    return alt.TimeIntervalStep(interval="week", step=math.ceil(span_days / 7 / _DAY_TICKS))
 
 
 def _series_order(readings: pd.DataFrame) -> list[str]:

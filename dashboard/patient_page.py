@@ -53,15 +53,16 @@ DEVICE_TYPE_NAMES: Final[Mapping[str, str]] = {
 }
 
 
-def display_timezone() -> str:
-    """The clinician's browser timezone (``st.context.timezone``), else UTC."""
+def display_timezone() -> str | None:
+    """The clinician's browser timezone (``st.context.timezone``), the zone the charts show
+    times in; ``None`` when the browser did not say or named no known zone."""
     name = st.context.timezone
     if not name:
-        return "UTC"
+        return None
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        return "UTC"
+        return None
     return name
 
 
@@ -149,7 +150,14 @@ def _render(connect: ApiConnector, api: CareWatchApi) -> None:
     flags = api.flags(status=FLAG_HISTORY_STATUSES, patient_id=patient_id)
     flagged = flagged_reading_ids(api, flags, since=since)
 
-    _vitals(api, readings, flagged_ids=flagged, now=now, days=days)
+    _vitals(
+        api,
+        readings,
+        flagged_ids=flagged,
+        spo2_scale=int(patient.get("spo2_scale") or 1),
+        now=now,
+        days=days,
+    )
     _flags(connect, flags, now=now)
 
 
@@ -209,23 +217,24 @@ def _vitals(
     readings: Sequence[Mapping[str, Any]],
     *,
     flagged_ids: set[str],
+    spo2_scale: int,
     now: datetime,
     days: int,
 ) -> None:
-    """One chart per vital with readings in the period, with its thresholds and flagged points."""
+    """One chart per vital with readings in the period, with the thresholds that apply to the
+    patient (rules for everyone and those of their SpO2 scale) and the flagged points."""
     st.subheader("Vitals")
-    timezone = display_timezone()
-    frame = charts.readings_frame(readings, timezone=timezone, flagged_reading_ids=flagged_ids)
+    frame = charts.readings_frame(readings, flagged_reading_ids=flagged_ids)
     if frame.empty:
         st.info(f"No readings in the last {days} days.")
         return
-    now_local = now.astimezone(ZoneInfo(timezone)).replace(tzinfo=None)
-    window = (now_local - timedelta(days=days), now_local)
+    window = (now - timedelta(days=days), now)
     panels = charts.panels_for(frame["loinc"])
-    threshold_lines: list[JsonObject] = []
+    threshold_lines: list[Mapping[str, Any]] = []
     for panel in panels:
         for loinc in panel.loincs:
-            threshold_lines.extend(api.thresholds(loinc).get("lines", []))
+            lines = api.thresholds(loinc).get("lines", [])
+            threshold_lines.extend(charts.applicable_threshold_lines(lines, spo2_scale))
     thresholds = charts.thresholds_frame(threshold_lines)
     for panel in panels:
         chart = charts.vital_chart(
@@ -236,9 +245,11 @@ def _vitals(
             window=window,
         )
         st.altair_chart(chart, width="stretch", key=f"chart-{panel.key}")
+    timezone = display_timezone() or "your browser's timezone"
     st.caption(
-        f"Times in {timezone}. Dashed lines: thresholds of the rules in force, coloured by "
-        "severity. Red points: readings that raised or joined a flag."
+        f"Times in {timezone}. Dashed lines: thresholds of the "
+        f"rules in force for this patient (SpO2 scale {spo2_scale}), coloured by severity. "
+        "Red points: readings that raised or joined a flag."
     )
 
 

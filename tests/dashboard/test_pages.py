@@ -16,6 +16,7 @@ import altair as alt
 import pandas as pd
 import psycopg
 import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from dashboard import charts
@@ -47,6 +48,18 @@ def chart_specs(at: AppTest) -> list[dict[str, Any]]:
 
 def layer_names(spec: dict[str, Any]) -> list[str]:
     return [layer.get("name", "") for layer in spec.get("layer", [])]
+
+
+def layer_rows(at: AppTest, title: str, layer_name: str) -> pd.DataFrame:
+    """The rows Streamlit sends to the browser for one layer of the chart titled ``title``."""
+    for chart in at.get("vega_lite_chart"):
+        spec = json.loads(chart.proto.spec)
+        if spec.get("title") != title:
+            continue
+        layer = next(layer for layer in spec["layer"] if layer.get("name") == layer_name)
+        dataset = next(d for d in chart.proto.datasets if d.name == layer["data"]["name"])
+        return convert_arrow_bytes_to_pandas_df(dataset.data.data)
+    raise AssertionError(f"no chart titled {title!r}")
 
 
 @pytest.mark.db
@@ -137,6 +150,13 @@ def test_open_patient_shows_charts_with_thresholds_and_flagged_readings(
         "flagged",
     ]
     assert layer_names(temperature) == ["readings", "thresholds", "threshold_labels", "flagged"]
+    # What the browser gets: UTC instants as ISO strings, and a window domain of such strings
+    # (numbers there collapse every point onto the left edge in Streamlit's Vega).
+    x = blood_pressure["layer"][0]["encoding"]["x"]
+    assert (x["field"], x["type"], x["scale"]["type"]) == ("measured_utc", "temporal", "time")
+    assert all(isinstance(v, str) and v.endswith("Z") for v in x["scale"]["domain"])
+    rows = layer_rows(at, "Blood pressure", "readings")
+    assert rows["measured_utc"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z").all()
     assert "Times in Europe/Berlin" in page_text(at)
     # The patient's own flags, with the acknowledge buttons of the patient page.
     assert {b.key for b in at.button} == {
@@ -164,6 +184,36 @@ def test_patient_page_period_picker_and_acknowledge(
     assert not at.exception
     assert at.query_params["patient"] == seeded.crisis_patient_id
     assert [header.value for header in at.header] == [seeded.crisis_patient_name]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(
+    ("spo2_scale", "labels"),
+    [
+        (1, ["SpO2 < 94 %", "SpO2 <= 91 % (NEWS2 score 3)"]),
+        (2, ["SpO2 < 88 % (scale 2)", "SpO2 <= 83 % (scale 2, NEWS2 score 3)"]),
+    ],
+)
+def test_the_spo2_chart_draws_only_the_thresholds_of_the_patients_spo2_scale(
+    workspace_env: RunningApi,
+    seeded: SeededWorkspace,
+    db: psycopg.Connection,
+    spo2_scale: int,
+    labels: list[str],
+) -> None:
+    db.execute(
+        "UPDATE patients SET spo2_scale = %s WHERE patient_id = %s",
+        (spo2_scale, seeded.spo2_patient_id),
+    )
+    db.commit()
+    at = run_workspace()
+
+    at.button(key=f"triage-open-{seeded.spo2_flag_id}").click().run()
+
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(layer_rows(at, "SpO2", "thresholds")["label"]) == labels
+    assert sorted(layer_rows(at, "SpO2", "threshold_labels")["label"]) == labels
+    assert f"rules in force for this patient (SpO2 scale {spo2_scale})" in page_text(at)
 
 
 @pytest.mark.db
@@ -210,7 +260,7 @@ def test_a_missing_token_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_vital_chart_layers_readings_thresholds_and_flagged_points() -> None:
-    start = datetime(2026, 3, 1, 8, 0, tzinfo=UTC).replace(tzinfo=None)  # wall-clock time
+    start = datetime(2026, 3, 1, 7, 0, tzinfo=UTC)
     frame = charts.readings_frame(
         [
             {
@@ -224,7 +274,6 @@ def test_vital_chart_layers_readings_thresholds_and_flagged_points() -> None:
                 [(1, "8480-6", 142), (1, "8462-4", 88), (2, "8480-6", 192), (2, "8462-4", 124)]
             )
         ],
-        timezone="Europe/Berlin",
         flagged_reading_ids={"r2", "r3"},
     )
     thresholds = charts.thresholds_frame(
@@ -261,7 +310,7 @@ def test_vital_chart_layers_readings_thresholds_and_flagged_points() -> None:
     )
     flagged_rows = spec["datasets"][flagged["data"]["name"]]
     assert sorted(row["value"] for row in flagged_rows) == [124, 192]
-    assert frame["measured_local"].iloc[0] == pd.Timestamp("2026-03-01 08:00")  # CET wall time
+    assert frame["measured_utc"].iloc[0] == "2026-03-01T07:00:00.000Z"
     assert frame["series"].tolist() == ["Systolic", "Diastolic", "Systolic", "Diastolic"]
     readings_colour = spec["layer"][0]["encoding"]["color"]["scale"]["domain"]
     assert readings_colour == ["Systolic", "Diastolic"]
