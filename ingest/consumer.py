@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -37,6 +38,7 @@ from carewatch_contract.messages import (
     AckRejection,
     ContractError,
     encode_ack,
+    encode_reading,
     parse_reading_batch,
     parse_status,
 )
@@ -47,6 +49,18 @@ from ingest.registry import BindingCache
 from ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
+
+#: The quarantine reason for what the database itself refused (contract-valid, yet unstorable).
+REFUSED = "refused_by_database"
+
+
+class Isolation(Enum):
+    """How much is committed at once; narrowed step by step when the database refuses."""
+
+    BATCH = "batch"
+    BY_READING = "by_reading"  # one message, each reading under its own savepoint
+    WHOLE_MESSAGE = "whole_message"  # one message, straight to the quarantine
+
 
 #: Reasons that concern who sent a reading rather than what it says. The gateway gets no ack
 #: for these: its readings stay in its outbox until an operator fixes the enrolment.
@@ -157,7 +171,8 @@ class ReadingConsumer:
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._bindings = BindingCache()
-        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._writer_failed = threading.Event()
+        self._writer = threading.Thread(target=self._run_writer, name="ingest-writer", daemon=True)
         self._endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
         self._client = make_client(
             self._endpoint,
@@ -176,6 +191,11 @@ class ReadingConsumer:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def writer_alive(self) -> bool:
+        """False once the writer thread stopped on an unexpected error."""
+        return not self._writer_failed.is_set()
 
     def start(self) -> None:
         log.info("connecting to MQTT broker %s", self._endpoint.redacted())
@@ -236,44 +256,97 @@ class ReadingConsumer:
                 break
         return batch
 
+    def _run_writer(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException:
+            # A bug, not bad input: say so loudly and fail readiness so that the orchestrator
+            # restarts this worker. Nothing is lost: unacked messages stay on the broker.
+            self._writer_failed.set()
+            log.exception("the ingest writer stopped on an unexpected error")
+            raise
+
     def _write_loop(self) -> None:
         conn: psycopg.Connection | None = None
-        batch: list[Delivery] = []
+        # Work waiting to be committed, oldest first: normally one batch. When the database
+        # refuses a batch (bad data, not an outage), its messages are retried one by one,
+        # reading by reading, so that only what the database refuses ends in the quarantine.
+        pending: list[tuple[list[Delivery], Isolation]] = []
         backoff = 0.5
-        while not (self._stop.is_set() and not batch):
-            if not batch:
+        while not (self._stop.is_set() and not pending):
+            if not pending:
                 batch = self._next_batch()
                 if not batch:
                     continue
+                pending.append((batch, Isolation.BATCH))
+            deliveries, isolation = pending[0]
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(
                         self._settings.database_url, connect_timeout=5, autocommit=True
                     )
-                self._commit_and_ack(conn, batch)
-                batch = []
+                if isolation is Isolation.WHOLE_MESSAGE:
+                    self._quarantine_whole(conn, deliveries[0])
+                else:
+                    self._commit_and_ack(
+                        conn, deliveries, by_reading=isolation is Isolation.BY_READING
+                    )
+                pending.pop(0)
                 backoff = 0.5
             except psycopg.OperationalError as exc:
-                # The database is away: keep the batch, acknowledge nothing, retry.
+                # The database is away: keep the work, acknowledge nothing, retry.
                 self._counters.add(database_errors=1)
                 log.warning("database unavailable (%s); retrying in %.1f s", exc, backoff)
                 if conn is not None:
                     conn.close()
                 conn = None
                 if self._stop.wait(backoff):
-                    break  # shutting down: the broker redelivers the held batch
+                    break  # shutting down: the broker redelivers what is held
                 backoff = min(backoff * 2, 5.0)
+            except psycopg.Error as exc:
+                # Not an outage: retrying the same work whole would be refused forever.
+                self._counters.add(database_errors=1)
+                log.warning("database refused a write (%s); isolating it", type(exc).__name__)
+                pending.pop(0)
+                if isolation is Isolation.BATCH:
+                    pending[0:0] = [([d], Isolation.BY_READING) for d in deliveries]
+                else:
+                    pending.insert(0, (deliveries, Isolation.WHOLE_MESSAGE))
         if conn is not None:
             conn.close()
 
-    def _commit_and_ack(self, conn: psycopg.Connection, batch: list[Delivery]) -> None:
+    def _quarantine_whole(self, conn: psycopg.Connection, delivery: Delivery) -> None:
+        """The last resort for a message the database refuses even reading by reading."""
+        with conn.transaction():
+            quarantine.store(
+                conn,
+                [
+                    quarantine.QuarantineEntry(
+                        delivery.topic,
+                        topics.gateway_id_from_topic(delivery.topic),
+                        REFUSED,
+                        "the database refused this message",
+                        delivery.payload,
+                    )
+                ],
+                keep_bytes=self._settings.quarantine_keep_bytes,
+            )
+        self._counters.add(messages=1, quarantined=Counter({REFUSED: 1}))
+        self._client.ack(delivery.mid, delivery.qos)
+
+    def _commit_and_ack(
+        self, conn: psycopg.Connection, batch: list[Delivery], *, by_reading: bool = False
+    ) -> None:
         plan = plan_batch(
             batch,
             bound_patients=lambda gw: self._bindings.lookup(conn, gw),
             max_payload_bytes=self._settings.max_payload_bytes,
         )
         with conn.transaction():
-            inserted = insert_readings(conn, plan.readings)
+            if by_reading:
+                inserted = self._insert_reading_by_reading(conn, plan)
+            else:
+                inserted = insert_readings(conn, plan.readings)
             quarantine.store(
                 conn, plan.quarantined, keep_bytes=self._settings.quarantine_keep_bytes
             )
@@ -304,6 +377,38 @@ class ReadingConsumer:
                 )
         for d in batch:
             self._client.ack(d.mid, d.qos)
+
+    def _insert_reading_by_reading(self, conn: psycopg.Connection, plan: BatchPlan) -> set[str]:
+        """Insert each reading under its own savepoint; move the refused ones to the quarantine
+        and to the gateway's rejections. Outages still raise."""
+        inserted: set[str] = set()
+        refused: list[StoredReading] = []
+        for stored in plan.readings:
+            try:
+                with conn.transaction():
+                    inserted |= insert_readings(conn, [stored])
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                self._counters.add(database_errors=1)
+                refused.append(stored)
+                reading = stored.reading
+                plan.quarantined.append(
+                    quarantine.QuarantineEntry(
+                        topics.gateway_topic(stored.gateway_id, topics.READINGS),
+                        stored.gateway_id,
+                        REFUSED,
+                        f"the database refused it: {type(exc).__name__} (SQLSTATE {exc.sqlstate})",
+                        encode_reading(reading).encode(),
+                        reading.reading_id,
+                    )
+                )
+                plan.acks[stored.gateway_id].remove(reading.reading_id)
+                plan.rejections.setdefault(stored.gateway_id, []).append(
+                    AckRejection(reading.reading_id, REFUSED)
+                )
+        plan.readings = [r for r in plan.readings if r not in refused]
+        return inserted
 
 
 def _store_status(conn: psycopg.Connection, gateway_id: str, payload: bytes) -> None:

@@ -45,6 +45,7 @@ def insert_readings(conn: psycopg.Connection, readings: Sequence[StoredReading])
         return set()
     with conn.cursor() as cur:
         cur.execute(_CREATE_STAGING)
+        cur.execute("DELETE FROM readings_staging")  # rows of an earlier call in this transaction
         with cur.copy(f"COPY readings_staging ({_COLUMNS}) FROM STDIN") as copy:
             for stored in readings:
                 r = stored.reading

@@ -96,6 +96,15 @@ def consumer(
     worker.stop()
 
 
+def quarantined(db: psycopg.Connection, columns: str, unique_id: str) -> list[tuple[object, ...]]:
+    """This test's quarantine entries (a shared broker may carry other runs' messages)."""
+    db.rollback()
+    return db.execute(
+        f"SELECT {columns} FROM quarantine WHERE gateway_id LIKE %s ORDER BY quarantine_id",
+        (f"%{unique_id}",),
+    ).fetchall()
+
+
 def count(db: psycopg.Connection, sql: str, *params: object) -> int:
     db.rollback()
     row = db.execute(sql, params).fetchone()
@@ -108,6 +117,7 @@ def test_readings_are_stored_once_and_acked_after_commit(
     home: tuple[str, str],
     consumer: tuple[ReadingConsumer, IngestCounters],
     broker: BrokerInfo,
+    unique_id: str,
 ) -> None:
     gateway_id, patient_id = home
     readings = tuple(a_reading(patient_id=patient_id, seq=i) for i in range(1, 11))
@@ -121,7 +131,7 @@ def test_readings_are_stored_once_and_acked_after_commit(
         time.sleep(0.2)  # the second ack, when the two messages fell into different batches
     finally:
         gateway.close()
-    assert db.execute("SELECT reason, detail FROM quarantine").fetchall() == []
+    assert quarantined(db, "reason, detail", unique_id) == []
     assert count(db, "SELECT count(*) FROM readings WHERE patient_id = %s", patient_id) == 10
     acked = {i for ack in gateway.acks for i in ack["committed"]}  # type: ignore[union-attr]
     assert acked == {r.reading_id for r in readings}
@@ -134,6 +144,7 @@ def test_bad_readings_are_quarantined_and_acked_as_rejected(
     home: tuple[str, str],
     consumer: tuple[ReadingConsumer, IngestCounters],
     broker: BrokerInfo,
+    unique_id: str,
 ) -> None:
     gateway_id, patient_id = home
     good = a_reading(patient_id=patient_id)
@@ -157,7 +168,7 @@ def test_bad_readings_are_quarantined_and_acked_as_rejected(
     assert [(r.reading_id, r.reason) for r in ack.rejected] == [
         (impossible["reading_id"], "implausible_value")
     ]  # the stranger's reading gets no ack: an enrolment problem, kept at the gateway
-    reasons = db.execute("SELECT reason FROM quarantine ORDER BY quarantine_id").fetchall()
+    reasons = quarantined(db, "reason", unique_id)
     assert [r[0] for r in reasons] == ["implausible_value", "patient_not_bound"]
     assert count(db, "SELECT count(*) FROM readings WHERE patient_id = %s", patient_id) == 1
 
@@ -177,10 +188,10 @@ def test_messages_from_unknown_or_spoofing_gateways_are_quarantined(
         gateway.publish(encode_reading_batch(ReadingBatch(unknown, NOW, (reading,))), unknown)
         other = f"gw-other-{unique_id}"
         gateway.publish(encode_reading_batch(ReadingBatch(gateway_id, NOW, (reading,))), other)
-        assert wait_until(lambda: count(db, "SELECT count(*) FROM quarantine") == 2)
+        assert wait_until(lambda: len(quarantined(db, "reason", unique_id)) == 2)
     finally:
         gateway.close()
-    reasons = {r[0] for r in db.execute("SELECT reason FROM quarantine").fetchall()}
+    reasons = {r[0] for r in quarantined(db, "reason", unique_id)}
     assert reasons == {"unknown_gateway", "gateway_mismatch"}
     assert count(db, "SELECT count(*) FROM readings") == 0
 
@@ -191,6 +202,7 @@ def test_malformed_message_from_mosquitto_pub_lands_in_quarantine_and_ingest_kee
     home: tuple[str, str],
     consumer: tuple[ReadingConsumer, IngestCounters],
     broker: BrokerInfo,
+    unique_id: str,
 ) -> None:
     gateway_id, patient_id = home
     endpoint = BrokerEndpoint.from_url(broker.url)
@@ -213,11 +225,8 @@ def test_malformed_message_from_mosquitto_pub_lands_in_quarantine_and_ingest_kee
             check=True,
             timeout=10,
         )
-    assert wait_until(lambda: count(db, "SELECT count(*) FROM quarantine") == 3)
-    rows = db.execute(
-        "SELECT reason, detail, payload_size, truncated, length(payload) FROM quarantine"
-        " ORDER BY quarantine_id"
-    ).fetchall()
+    assert wait_until(lambda: len(quarantined(db, "reason", unique_id)) == 3)
+    rows = quarantined(db, "reason, detail, payload_size, truncated, length(payload)", unique_id)
     assert [r[0] for r in rows] == ["bad_json", "unknown_version", "too_large"]
     assert all(r[1] for r in rows)  # every entry says what was wrong
     assert rows[2][2] == 300_000 and rows[2][3] is True and rows[2][4] < 300_000
@@ -230,3 +239,56 @@ def test_malformed_message_from_mosquitto_pub_lands_in_quarantine_and_ingest_kee
     finally:
         gateway.close()
     assert count(db, "SELECT count(*) FROM readings") == 1
+
+
+def test_a_message_the_database_refuses_is_quarantined_and_the_rest_stored(
+    db: psycopg.Connection,
+    home: tuple[str, str],
+    consumer: tuple[ReadingConsumer, IngestCounters],
+    broker: BrokerInfo,
+    unique_id: str,
+) -> None:
+    gateway_id, patient_id = home
+    # A real refusal by the real database: a trigger rejects one reading's value.
+    db.execute(
+        "CREATE FUNCTION refuse_77() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.value = 77 THEN RAISE EXCEPTION 'refused' USING ERRCODE = '22000'; END IF;"
+        " RETURN NEW; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER refuse_77 BEFORE INSERT ON readings"
+        " FOR EACH ROW EXECUTE FUNCTION refuse_77()"
+    )
+    db.commit()
+    _, counters = consumer
+    gateway = Gateway(broker, gateway_id)
+    try:
+        good = [a_reading(patient_id=patient_id, value=v) for v in (120.0, 130.0)]
+        poison = a_reading(patient_id=patient_id, value=77.0)
+        gateway.client.publish(  # several messages in one batch, one of them refused
+            topics.gateway_topic(gateway_id, topics.READINGS),
+            encode_reading_batch(ReadingBatch(gateway_id, NOW, (good[0],))),
+            qos=1,
+        )
+        gateway.publish(encode_reading_batch(ReadingBatch(gateway_id, NOW, (poison,))))
+        gateway.publish(encode_reading_batch(ReadingBatch(gateway_id, NOW, (good[1],))))
+        assert wait_until(
+            lambda: (
+                count(db, "SELECT count(*) FROM readings") == 2
+                and len(quarantined(db, "reason", unique_id)) == 1
+                and any(ack["rejected"] for ack in gateway.acks)
+            )
+        )
+    finally:
+        gateway.close()
+        db.rollback()
+        db.execute("DROP TRIGGER refuse_77 ON readings")
+        db.execute("DROP FUNCTION refuse_77()")
+        db.commit()
+    rows = quarantined(db, "reason, detail, reading_id::text", unique_id)
+    assert [(r[0], r[2]) for r in rows] == [("refused_by_database", poison.reading_id)]
+    assert "SQLSTATE 22000" in rows[0][1]
+    rejected = {r["reading_id"] for ack in gateway.acks for r in ack["rejected"]}  # type: ignore[union-attr]
+    assert rejected == {poison.reading_id}  # it leaves the gateway's outbox, kept aside there
+    assert consumer[0].writer_alive
+    assert counters.database_errors >= 2  # the batch, then the one message

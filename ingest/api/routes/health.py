@@ -23,11 +23,12 @@ def readyz(request: Request, response: Response) -> dict[str, object]:
         with request.app.state.pool.connection(timeout=2.0) as conn:
             conn.execute("SELECT 1")
         checks["database"] = True
-    except (psycopg.Error, TimeoutError) as exc:  # PoolTimeout subclasses psycopg.Error
+    except (psycopg.Error, TimeoutError):  # PoolTimeout subclasses psycopg.Error
         checks["database"] = False
-        request.app.state.last_db_error = type(exc).__name__
     consumer = request.app.state.consumer
-    checks["broker"] = consumer.connected if consumer is not None else True
+    if consumer is not None:
+        checks["broker"] = consumer.connected
+        checks["writer"] = consumer.writer_alive
     ready = all(checks.values())
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
