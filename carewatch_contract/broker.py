@@ -11,7 +11,7 @@ dependencies.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -27,7 +27,7 @@ class BrokerEndpoint:
     port: int
     tls: bool
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_url(cls, url: str) -> BrokerEndpoint:

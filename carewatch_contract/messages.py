@@ -17,7 +17,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +25,12 @@ from carewatch_contract.metrics import metric_for
 from carewatch_contract.topics import GATEWAY_ID_PATTERN
 
 VERSION = 1
+#: No clinical reading of CareWatch's is older or later than this; no zone is further off.
+EARLIEST_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(2100, 1, 1, tzinfo=UTC)
+MAX_UTC_OFFSET = timedelta(hours=14)
+#: How far a reading's time may lie after the gateway received it (clock skew, not more).
+MAX_MEASURED_AFTER_RECEIVED = timedelta(minutes=10)
 MAX_READINGS_PER_MESSAGE = 500
 MAX_ID_LENGTH = 64
 MAX_RAW_HEX_LENGTH = 1024  # 512 bytes: no health characteristic comes close
@@ -297,7 +303,7 @@ def encode_receipt(receipt: InboxReceipt) -> bytes:
 def _load_object(payload: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers of 4300+ digits
         raise ContractError("bad_json", f"payload is not JSON: {exc}") from None
     except RecursionError:
         raise ContractError("bad_json", "payload nests too deeply") from None
@@ -318,6 +324,18 @@ def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where:
     return value
 
 
+def _text(obj: dict[str, Any], name: str, where: str, max_length: int = 10_000) -> str:
+    """A string that any database and log can hold: no NUL, no lone surrogate, bounded."""
+    value = _field(obj, name, str, where)
+    if len(value) > max_length or "\x00" in value:
+        raise ContractError("bad_field", f"{where}: {name} is too long or holds a NUL")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ContractError("bad_field", f"{where}: {name} is not valid Unicode") from None
+    return value
+
+
 def _identifier(obj: dict[str, Any], name: str, where: str) -> str:
     value = _field(obj, name, str, where)
     if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
@@ -334,13 +352,19 @@ def _uuid(obj: dict[str, Any], name: str, where: str) -> str:
 
 
 def _timestamp(obj: dict[str, Any], name: str, where: str) -> datetime:
+    """An ISO 8601 time with an offset of at most 14 h, between 2000 and 2100."""
     value = _field(obj, name, str, where)
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ContractError("bad_time", f"{where}: {name} is not ISO 8601") from None
-    if parsed.tzinfo is None:
+    offset = parsed.utcoffset()
+    if offset is None:
         raise ContractError("bad_time", f"{where}: {name} has no UTC offset")
+    if abs(offset) > MAX_UTC_OFFSET:
+        raise ContractError("bad_time", f"{where}: {name} has an offset beyond 14 hours")
+    if not EARLIEST_TIME <= parsed <= LATEST_TIME:
+        raise ContractError("bad_time", f"{where}: {name} is not between 2000 and 2100")
     return parsed
 
 
@@ -400,6 +424,10 @@ def parse_reading(obj: Any, where: str = "reading") -> Reading:
             "unit_mismatch", f"{where}: {metric.key} must be in {metric.unit}, not {unit[:16]!r}"
         )
     value = _field(obj, "value", (int, float), where)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise ContractError("not_finite", f"{where}: value is not a finite number") from None
     if not math.isfinite(value):
         raise ContractError("not_finite", f"{where}: value is not a finite number")
     if not metric.plausible_min <= value <= metric.plausible_max:
@@ -408,6 +436,10 @@ def parse_reading(obj: Any, where: str = "reading") -> Reading:
             f"{where}: {metric.key} {value} {unit} outside "
             f"{metric.plausible_min}-{metric.plausible_max}",
         )
+    measured_at = _timestamp(obj, "measured_at", where)
+    received_at = _timestamp(obj, "received_at", where)
+    if measured_at > received_at + MAX_MEASURED_AFTER_RECEIVED:
+        raise ContractError("bad_time", f"{where}: measured_at is after received_at")
     return Reading(
         reading_id=_uuid(obj, "reading_id", where),
         measurement_id=_uuid(obj, "measurement_id", where),
@@ -417,10 +449,10 @@ def parse_reading(obj: Any, where: str = "reading") -> Reading:
         device_type=device_type,
         loinc=loinc,
         unit=unit,
-        value=float(value),
-        measured_at=_timestamp(obj, "measured_at", where),
+        value=value,
+        measured_at=measured_at,
         time_source=time_source,
-        received_at=_timestamp(obj, "received_at", where),
+        received_at=received_at,
         characteristic=_identifier(raw, "characteristic", f"{where}.raw"),
         raw_hex=raw_hex.lower(),
         device_time=_device_time(obj.get("device_time"), where),
@@ -432,7 +464,7 @@ def parse_reading_batch(payload: bytes) -> ParsedBatch:
     readings inside a good envelope come back in ``rejected``."""
     obj = _load_object(payload)
     gateway_id = _field(obj, "gateway_id", str, "message")
-    if not GATEWAY_ID_PATTERN.match(gateway_id):
+    if not GATEWAY_ID_PATTERN.fullmatch(gateway_id):
         raise ContractError("bad_field", "message: gateway_id is not a valid gateway id")
     sent_at = _timestamp(obj, "sent_at", "message")
     items = _field(obj, "readings", list, "message")
@@ -465,6 +497,22 @@ def parse_reading_batch(payload: bytes) -> ParsedBatch:
     return ParsedBatch(gateway_id, sent_at, tuple(readings), tuple(rejected))
 
 
+def claimed_reading_ids(payload: bytes) -> list[str]:
+    """The reading ids a message that failed to parse claims to carry (never raises).
+
+    Lets ingest tell a gateway that readings it will never accept may leave its outbox.
+    """
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return []
+    items = obj.get("readings") if isinstance(obj, dict) else None
+    if not isinstance(items, list):
+        return []
+    claimed = (_claimed_uuid(i.get("reading_id")) for i in items if isinstance(i, dict))
+    return [reading_id for reading_id in claimed if reading_id]
+
+
 def _claimed_uuid(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
@@ -485,9 +533,16 @@ def parse_ack(payload: bytes) -> Ack:
         if not isinstance(item, dict):
             raise ContractError("bad_field", "ack: rejected items must be objects")
         rejections.append(
-            AckRejection(_field(item, "reading_id", str, "ack"), _field(item, "reason", str, "ack"))
+            AckRejection(_text(item, "reading_id", "ack", 64), _text(item, "reason", "ack", 64))
         )
-    return Ack(_field(obj, "gateway_id", str, "ack"), tuple(committed), tuple(rejections))
+    return Ack(_identifier(obj, "gateway_id", "ack"), tuple(committed), tuple(rejections))
+
+
+def _count_or_none(value: Any, upper: int) -> int | None:
+    """An optional informative count: kept when it is an integer in 0..upper, else dropped."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= upper:
+        return value
+    return None
 
 
 def parse_status(payload: bytes) -> GatewayStatus:
@@ -496,8 +551,11 @@ def parse_status(payload: bytes) -> GatewayStatus:
         state = GatewayState(_field(obj, "state", str, "status"))
     except ValueError:
         raise ContractError("bad_field", "status: unknown state") from None
+    items = obj.get("devices") or []
+    if not isinstance(items, list):
+        raise ContractError("bad_field", "status: devices must be a list")
     devices = []
-    for item in obj.get("devices") or []:
+    for item in items:
         if not isinstance(item, dict):
             raise ContractError("bad_field", "status: devices must be objects")
         try:
@@ -511,16 +569,16 @@ def parse_status(payload: bytes) -> GatewayStatus:
                 device_id=_identifier(item, "id", "status.device"),
                 device_type=device_type,
                 last_seen=None if last_seen is None else _timestamp(item, "last_seen", "status"),
-                battery_percent=battery if isinstance(battery, int) else None,
+                battery_percent=_count_or_none(battery, 100),
             )
         )
     pending = obj.get("outbox_pending")
     return GatewayStatus(
-        gateway_id=_field(obj, "gateway_id", str, "status"),
+        gateway_id=_identifier(obj, "gateway_id", "status"),
         state=state,
         at=_timestamp(obj, "at", "status") if "at" in obj else None,
-        software=obj.get("software") if isinstance(obj.get("software"), str) else None,
-        outbox_pending=pending if isinstance(pending, int) else None,
+        software=_text(obj, "software", "status", 100) if "software" in obj else None,
+        outbox_pending=_count_or_none(pending, 2**31 - 1),
         devices=tuple(devices),
     )
 
@@ -530,8 +588,8 @@ def parse_inbox_message(payload: bytes) -> InboxMessage:
     return InboxMessage(
         message_id=_identifier(obj, "message_id", "inbox"),
         sent_at=_timestamp(obj, "sent_at", "inbox"),
-        sender=_field(obj, "sender", str, "inbox"),
-        text=_field(obj, "text", str, "inbox"),
+        sender=_text(obj, "sender", "inbox", 200),
+        text=_text(obj, "text", "inbox"),
     )
 
 

@@ -28,12 +28,12 @@ INBOX = "inbox"
 RECEIPTS = "receipts"
 
 #: A gateway id is also a topic level and an MQTT user name, so it is kept to a safe alphabet.
-GATEWAY_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def gateway_topic(gateway_id: str, kind: str) -> str:
     """The topic of one kind (``readings``, ``acks``, ...) for one gateway."""
-    if not GATEWAY_ID_PATTERN.match(gateway_id):
+    if not GATEWAY_ID_PATTERN.fullmatch(gateway_id):
         raise ValueError(f"gateway id {gateway_id!r} is not a valid topic level")
     return f"{PREFIX}/{gateway_id}/{kind}"
 
@@ -48,4 +48,4 @@ def gateway_id_from_topic(topic: str) -> str | None:
     parts = topic.split("/")
     if len(parts) != 5 or "/".join(parts[:3]) != PREFIX:
         return None
-    return parts[3] if GATEWAY_ID_PATTERN.match(parts[3]) else None
+    return parts[3] if GATEWAY_ID_PATTERN.fullmatch(parts[3]) else None

@@ -43,7 +43,7 @@ class GatewaySettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if env is None else env
         gateway_id = env.get("GATEWAY_ID", "")
-        if not GATEWAY_ID_PATTERN.match(gateway_id):
+        if not GATEWAY_ID_PATTERN.fullmatch(gateway_id):
             raise SettingsError(
                 "GATEWAY_ID must be set to this gateway's id (letters, digits, '.', '_', '-')"
             )

@@ -24,9 +24,10 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import Enum
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -37,6 +38,7 @@ from carewatch_contract.messages import (
     Ack,
     AckRejection,
     ContractError,
+    claimed_reading_ids,
     encode_ack,
     encode_reading,
     parse_reading_batch,
@@ -44,6 +46,7 @@ from carewatch_contract.messages import (
 )
 from ingest import quarantine
 from ingest.counters import IngestCounters
+from ingest.db import ensure_partitions
 from ingest.readings import StoredReading, insert_readings
 from ingest.registry import BindingCache
 from ingest.settings import IngestSettings
@@ -54,6 +57,12 @@ log = logging.getLogger(__name__)
 REFUSED = "refused_by_database"
 
 
+def refuses_data(exc: psycopg.Error) -> bool:
+    """True when the database refuses the data itself (SQLSTATE class 22, data exception, or
+    23, integrity constraint violation), as opposed to being away or misconfigured."""
+    return (exc.sqlstate or "")[:2] in ("22", "23")
+
+
 class Isolation(Enum):
     """How much is committed at once; narrowed step by step when the database refuses."""
 
@@ -61,6 +70,12 @@ class Isolation(Enum):
     BY_READING = "by_reading"  # one message, each reading under its own savepoint
     WHOLE_MESSAGE = "whole_message"  # one message, straight to the quarantine
 
+
+#: How often the writer makes sure the coming months' reading partitions exist.
+MAINTENANCE_INTERVAL_S = 3600.0
+
+#: How far ahead of the server's clock a gateway's clock may run.
+MAX_CLOCK_AHEAD = timedelta(days=1)
 
 #: Reasons that concern who sent a reading rather than what it says. The gateway gets no ack
 #: for these: its readings stay in its outbox until an operator fixes the enrolment.
@@ -75,6 +90,7 @@ class Delivery:
     payload: bytes
     mid: int
     qos: int
+    connection: int  # which broker connection delivered it: message ids are per connection
 
 
 @dataclass(slots=True)
@@ -88,16 +104,21 @@ class BatchPlan:
     statuses: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+class Bindings(Protocol):
+    def gateway_known(self, gateway_id: str) -> bool: ...
+    def is_bound(self, gateway_id: str, patient_id: str) -> bool: ...
+
+
 def plan_batch(
     deliveries: list[Delivery],
     *,
-    bound_patients: Callable[[str], frozenset[str] | None],
+    bindings: Bindings,
     max_payload_bytes: int,
+    now: datetime,
 ) -> BatchPlan:
     """Sort a batch of deliveries into readings to store, quarantine entries and acks.
 
-    ``bound_patients(gateway_id)`` returns the patients bound to a gateway, or None when the
-    gateway is unknown.
+    ``now`` is the server's clock: a reading received in its future is refused.
     """
     plan = BatchPlan()
     for d in deliveries:
@@ -120,12 +141,17 @@ def plan_batch(
             batch = parse_reading_batch(d.payload)
         except ContractError as exc:
             reject(exc.reason, exc.detail)
+            if bindings.gateway_known(topic_gateway):
+                # The gateway will never get these accepted: tell it, so they leave its outbox.
+                plan.rejections.setdefault(topic_gateway, []).extend(
+                    AckRejection(reading_id, exc.reason)
+                    for reading_id in claimed_reading_ids(d.payload)
+                )
             continue
         if batch.gateway_id != topic_gateway:
             reject("gateway_mismatch", "payload gateway_id differs from the topic's gateway")
             continue
-        patients = bound_patients(topic_gateway)
-        if patients is None:
+        if not bindings.gateway_known(topic_gateway):
             reject("unknown_gateway", "no gateway with this id is enrolled")
             continue
         committed = plan.acks.setdefault(topic_gateway, [])
@@ -144,7 +170,20 @@ def plan_batch(
             if bad.reading_id:
                 rejected.append(AckRejection(bad.reading_id, bad.reason))
         for reading in batch.readings:
-            if reading.patient_id not in patients:
+            if reading.received_at > now + MAX_CLOCK_AHEAD:
+                plan.quarantined.append(
+                    quarantine.entry_for_reading(
+                        topic=d.topic,
+                        gateway_id=topic_gateway,
+                        reading_id=reading.reading_id,
+                        reason="bad_time",
+                        detail="received_at is in the future by the server's clock",
+                        reading={"reading_id": reading.reading_id, "seq": reading.seq},
+                    )
+                )
+                rejected.append(AckRejection(reading.reading_id, "bad_time"))
+                continue
+            if not bindings.is_bound(topic_gateway, reading.patient_id):
                 plan.quarantined.append(
                     quarantine.entry_for_reading(
                         topic=d.topic,
@@ -172,6 +211,7 @@ class ReadingConsumer:
         self._connected = threading.Event()
         self._bindings = BindingCache()
         self._writer_failed = threading.Event()
+        self._connection = 0
         self._writer = threading.Thread(target=self._run_writer, name="ingest-writer", daemon=True)
         self._endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
         self._client = make_client(
@@ -227,6 +267,7 @@ class ReadingConsumer:
                 (topics.all_gateways(topics.STATUS), 1),
             ]
         )
+        self._connection += 1
         self._connected.set()
         log.info("MQTT connected (session present: %s)", flags.session_present)
 
@@ -235,7 +276,9 @@ class ReadingConsumer:
         log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
-        self._deliveries.put(Delivery(message.topic, message.payload, message.mid, message.qos))
+        self._deliveries.put(
+            Delivery(message.topic, message.payload, message.mid, message.qos, self._connection)
+        )
 
     # -- writer thread -------------------------------------------------------------------
 
@@ -273,6 +316,7 @@ class ReadingConsumer:
         # reading by reading, so that only what the database refuses ends in the quarantine.
         pending: list[tuple[list[Delivery], Isolation]] = []
         backoff = 0.5
+        next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
         while not (self._stop.is_set() and not pending):
             if not pending:
                 batch = self._next_batch()
@@ -285,6 +329,9 @@ class ReadingConsumer:
                     conn = psycopg.connect(
                         self._settings.database_url, connect_timeout=5, autocommit=True
                     )
+                if time.monotonic() >= next_maintenance:
+                    ensure_partitions(conn)  # months ahead exist whatever the uptime
+                    next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
                 if isolation is Isolation.WHOLE_MESSAGE:
                     self._quarantine_whole(conn, deliveries[0])
                 else:
@@ -293,19 +340,22 @@ class ReadingConsumer:
                     )
                 pending.pop(0)
                 backoff = 0.5
-            except psycopg.OperationalError as exc:
-                # The database is away: keep the work, acknowledge nothing, retry.
-                self._counters.add(database_errors=1)
-                log.warning("database unavailable (%s); retrying in %.1f s", exc, backoff)
-                if conn is not None:
-                    conn.close()
-                conn = None
-                if self._stop.wait(backoff):
-                    break  # shutting down: the broker redelivers what is held
-                backoff = min(backoff * 2, 5.0)
             except psycopg.Error as exc:
-                # Not an outage: retrying the same work whole would be refused forever.
                 self._counters.add(database_errors=1)
+                if not refuses_data(exc):
+                    # The database is away, read-only, or the schema is not what we expect:
+                    # keep the work, acknowledge nothing, retry after a pause.
+                    log.warning(
+                        "database unavailable (%s); retrying in %.1f s", type(exc).__name__, backoff
+                    )
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    if self._stop.wait(backoff):
+                        break  # shutting down: the broker redelivers what is held
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                # The data itself is refused: retrying the same work whole would fail forever.
                 log.warning("database refused a write (%s); isolating it", type(exc).__name__)
                 pending.pop(0)
                 if isolation is Isolation.BATCH:
@@ -332,15 +382,16 @@ class ReadingConsumer:
                 keep_bytes=self._settings.quarantine_keep_bytes,
             )
         self._counters.add(messages=1, quarantined=Counter({REFUSED: 1}))
-        self._client.ack(delivery.mid, delivery.qos)
+        self._ack_broker(delivery)
 
     def _commit_and_ack(
         self, conn: psycopg.Connection, batch: list[Delivery], *, by_reading: bool = False
     ) -> None:
         plan = plan_batch(
             batch,
-            bound_patients=lambda gw: self._bindings.lookup(conn, gw),
+            bindings=self._bindings.view(conn),
             max_payload_bytes=self._settings.max_payload_bytes,
+            now=datetime.now(UTC),
         )
         with conn.transaction():
             if by_reading:
@@ -376,20 +427,27 @@ class ReadingConsumer:
                     qos=1,
                 )
         for d in batch:
-            self._client.ack(d.mid, d.qos)
+            self._ack_broker(d)
+
+    def _ack_broker(self, delivery: Delivery) -> None:
+        """Let the broker forget a committed message, if the connection that delivered it is
+        still the current one: after a reconnect the broker resends it (a counted duplicate),
+        and its old message id may now name another, uncommitted message."""
+        if delivery.connection == self._connection:
+            self._client.ack(delivery.mid, delivery.qos)
 
     def _insert_reading_by_reading(self, conn: psycopg.Connection, plan: BatchPlan) -> set[str]:
         """Insert each reading under its own savepoint; move the refused ones to the quarantine
-        and to the gateway's rejections. Outages still raise."""
+        and to the gateway's rejections. Anything but refused data still raises."""
         inserted: set[str] = set()
         refused: list[StoredReading] = []
         for stored in plan.readings:
             try:
                 with conn.transaction():
                     inserted |= insert_readings(conn, [stored])
-            except psycopg.OperationalError:
-                raise
             except psycopg.Error as exc:
+                if not refuses_data(exc):
+                    raise
                 self._counters.add(database_errors=1)
                 refused.append(stored)
                 reading = stored.reading

@@ -55,11 +55,29 @@ def _migration_files(storage: str) -> list[tuple[str, str]]:
 
 
 def storage_kind(conn: psycopg.Connection) -> str:
-    """``timescale`` when the TimescaleDB extension is installed or available, else ``native``."""
-    row = conn.execute(
+    """``timescale`` when the TimescaleDB extension is installed or can be, else ``native``.
+
+    An extension that is available but not preloaded (``shared_preload_libraries``) cannot be
+    created: that is native storage, with a warning.
+    """
+    installed = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+    if installed.fetchone():
+        return "timescale"
+    available = conn.execute(
         "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
     ).fetchone()
-    return "timescale" if row else "native"
+    if not available:
+        return "native"
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION timescaledb")
+    except psycopg.Error as exc:
+        log.warning(
+            "TimescaleDB is installed but cannot be enabled (%s); using native partitioning",
+            type(exc).__name__,
+        )
+        return "native"
+    return "timescale"
 
 
 def migrate(url: str) -> list[str]:

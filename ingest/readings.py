@@ -1,7 +1,7 @@
 """Storing readings: one COPY per batch into a staging table, then one idempotent insert.
 
-The insert skips readings already stored (same reading id and time), so a redelivered message
-is harmless; the ids actually inserted come back so that duplicates can be counted.
+The insert skips readings whose id was ever stored before (``reading_ids``), so a redelivered
+message is harmless; the ids actually inserted come back so that duplicates can be counted.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from carewatch_contract.messages import Reading
 
@@ -29,6 +30,17 @@ _CREATE_STAGING = (
     " device_id text, device_type text, measurement_id uuid, gateway_seq bigint,"
     " characteristic text, raw_hex text, device_time jsonb) ON COMMIT DELETE ROWS"
 )
+
+
+# Claims the ids first: only readings whose id is new are inserted (once, even if a batch
+# holds the same message twice), and their ids come back.
+_INSERT_NEW_READINGS = sql.SQL(
+    "WITH new_ids AS ("
+    " INSERT INTO reading_ids (reading_id) SELECT DISTINCT reading_id FROM readings_staging"
+    " ON CONFLICT DO NOTHING RETURNING reading_id)"
+    " INSERT INTO readings ({columns}) SELECT DISTINCT ON (reading_id) {columns}"
+    " FROM readings_staging JOIN new_ids USING (reading_id) RETURNING reading_id"
+).format(columns=sql.SQL(_COLUMNS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +92,7 @@ def insert_readings(conn: psycopg.Connection, readings: Sequence[StoredReading])
                         ),
                     )
                 )
-        cur.execute(
-            f"INSERT INTO readings ({_COLUMNS}) SELECT {_COLUMNS} FROM readings_staging"  # noqa: S608 - constant column list
-            " ON CONFLICT DO NOTHING RETURNING reading_id"
-        )
+        cur.execute(_INSERT_NEW_READINGS)
         inserted = {str(row[0]) for row in cur.fetchall()}
         # Keep the device registry's last reading time current (one statement per batch).
         cur.execute(
@@ -91,8 +100,9 @@ def insert_readings(conn: psycopg.Connection, readings: Sequence[StoredReading])
             " last_reading_at)"
             " SELECT gateway_id, device_id, max(device_type), max(patient_id), max(measured_at)"
             " FROM readings_staging GROUP BY gateway_id, device_id"
-            " ON CONFLICT (gateway_id, device_id) DO UPDATE SET last_reading_at ="
-            " greatest(devices.last_reading_at, excluded.last_reading_at)"
+            " ON CONFLICT (gateway_id, device_id) DO UPDATE SET"
+            " patient_id = excluded.patient_id, device_type = excluded.device_type,"
+            " last_reading_at = greatest(devices.last_reading_at, excluded.last_reading_at)"
         )
         cur.execute(
             "UPDATE gateways g SET last_seen_at = now() FROM"

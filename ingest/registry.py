@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,35 +56,47 @@ def load_bindings(conn: psycopg.Connection) -> dict[str, frozenset[str]]:
 
 
 class BindingCache:
-    """The gateway-to-patient bindings, reloaded when a lookup misses (at most every
-    ``min_reload_s``), so that a newly enrolled gateway is accepted without a restart and a
-    flood of messages from an unknown one does not hammer the database."""
+    """The gateway-to-patient bindings, as ingest checks them for every reading.
 
-    def __init__(self, min_reload_s: float = 2.0) -> None:
+    Reloaded when older than ``max_age_s`` (so that an unbinding takes effect within that
+    time) and, at most every ``min_reload_s``, when a lookup misses (so that a newly enrolled
+    gateway or patient is accepted at once, while a flood from an unknown gateway does not
+    hammer the database).
+    """
+
+    def __init__(self, *, max_age_s: float = 10.0, min_reload_s: float = 1.0) -> None:
         self._bindings: dict[str, frozenset[str]] = {}
         self._loaded_at = float("-inf")
+        self._max_age_s = max_age_s
         self._min_reload_s = min_reload_s
-        self._lock = threading.Lock()
 
-    def reload(self, conn: psycopg.Connection) -> None:
-        bindings = load_bindings(conn)
-        with self._lock:
-            self._bindings = bindings
-            self._loaded_at = time.monotonic()
+    def view(self, conn: psycopg.Connection) -> BindingView:
+        """Lookups that reload through ``conn`` when needed (one writer thread uses it)."""
+        if time.monotonic() - self._loaded_at >= self._max_age_s:
+            self._reload(conn)
+        return BindingView(self, conn)
 
-    def lookup(self, conn: psycopg.Connection, gateway_id: str) -> frozenset[str] | None:
-        """The patients bound to a gateway, or None when the gateway is unknown."""
+    def _reload(self, conn: psycopg.Connection) -> None:
+        self._bindings = load_bindings(conn)
+        self._loaded_at = time.monotonic()
+
+    def _lookup(self, conn: psycopg.Connection, gateway_id: str, patient_id: str | None) -> bool:
         bound = self._bindings.get(gateway_id)
-        if bound is None and time.monotonic() - self._loaded_at >= self._min_reload_s:
-            self.reload(conn)
+        found = bound is not None and (patient_id is None or patient_id in bound)
+        if not found and time.monotonic() - self._loaded_at >= self._min_reload_s:
+            self._reload(conn)
             bound = self._bindings.get(gateway_id)
-        return bound
+            found = bound is not None and (patient_id is None or patient_id in bound)
+        return found
 
-    def is_bound(self, conn: psycopg.Connection, gateway_id: str, patient_id: str) -> bool:
-        bound = self.lookup(conn, gateway_id)
-        if bound is not None and patient_id in bound:
-            return True
-        if time.monotonic() - self._loaded_at >= self._min_reload_s:
-            self.reload(conn)
-            bound = self._bindings.get(gateway_id)
-        return bound is not None and patient_id in bound
+
+@dataclass(frozen=True, slots=True)
+class BindingView:
+    cache: BindingCache
+    conn: psycopg.Connection
+
+    def gateway_known(self, gateway_id: str) -> bool:
+        return self.cache._lookup(self.conn, gateway_id, None)
+
+    def is_bound(self, gateway_id: str, patient_id: str) -> bool:
+        return self.cache._lookup(self.conn, gateway_id, patient_id)

@@ -18,8 +18,8 @@ class IngestSettings(BaseSettings):
     environment: Literal["development", "test", "production"] = Field(
         "production", alias="CAREWATCH_ENV"
     )
-    database_url: str = Field(alias="DATABASE_URL")
-    mqtt_url: str = Field(alias="MQTT_URL")
+    database_url: str = Field(alias="DATABASE_URL", repr=False)  # may hold a password
+    mqtt_url: str = Field(alias="MQTT_URL", repr=False)
     mqtt_protocol: Literal["5", "3.1.1"] = Field("5", alias="MQTT_PROTOCOL")
     mqtt_username: str | None = Field(None, alias="MQTT_USERNAME")
     mqtt_password: SecretStr | None = Field(None, alias="MQTT_PASSWORD")
@@ -43,7 +43,7 @@ class IngestSettings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_development(self) -> IngestSettings:
         if (
-            self.environment == "production"
+            self.environment != "development"
             and self.api_token.get_secret_value() == DEVELOPMENT_API_TOKEN
         ):
             raise ValueError(

@@ -84,8 +84,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
     """A connection to the session's database, emptied of clinical rows before the test."""
     with psycopg.connect(database_url) as conn:
         conn.execute(
-            "TRUNCATE readings, quarantine, flag_events, flag_readings, flags, rules_watermark,"
-            " devices, gateway_patients, gateways, patients"
+            "TRUNCATE readings, reading_ids, quarantine, flag_events, flag_readings, flags,"
+            " rules_watermark, devices, gateway_patients, gateways, patients"
         )
         conn.commit()
         yield conn

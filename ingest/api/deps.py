@@ -26,12 +26,14 @@ SettingsDep = Annotated[IngestSettings, Depends(get_settings_dep)]
 
 
 def get_conn(request: Request) -> Iterator[psycopg.Connection]:
-    """A pooled connection; committed when the request succeeds, rolled back otherwise."""
+    """A pooled connection; committed when the handler succeeds, rolled back otherwise."""
     with request.app.state.pool.connection() as conn:
         yield conn
 
 
-ConnDep = Annotated[psycopg.Connection, Depends(get_conn)]
+# scope="function": the commit happens before the response is sent, so a client is never told
+# "acknowledged" about a write that then fails to commit.
+ConnDep = Annotated[psycopg.Connection, Depends(get_conn, scope="function")]
 
 
 @dataclass(frozen=True, slots=True)

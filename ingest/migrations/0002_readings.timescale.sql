@@ -31,3 +31,9 @@ CREATE INDEX readings_ingest_xid ON readings (ingest_xid);
 -- Kept so that both storage paths expose the same maintenance entry point.
 CREATE FUNCTION carewatch_ensure_reading_partitions(months_ahead integer DEFAULT 3)
 RETURNS void LANGUAGE sql AS $$ SELECT NULL::void $$;
+
+-- Every reading id ever stored, once: the primary key of a time-partitioned table must hold
+-- the time, so this small table is what makes a reading id unique whatever its time says.
+CREATE TABLE reading_ids (
+    reading_id uuid PRIMARY KEY
+);

@@ -82,6 +82,7 @@ def consumer(
 ) -> Iterator[tuple[ReadingConsumer, IngestCounters]]:
     settings = IngestSettings(
         CAREWATCH_ENV="test",
+        CAREWATCH_API_TOKEN="test-token",
         DATABASE_URL=database_url,
         MQTT_URL=broker.url,
         MQTT_PROTOCOL=broker.protocol,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from carewatch_contract import topics
 from carewatch_contract.ids import new_uuid7
@@ -21,7 +24,10 @@ from carewatch_contract.messages import (
     encode_ack,
     encode_reading_batch,
     parse_ack,
+    parse_inbox_message,
     parse_reading_batch,
+    parse_receipt,
+    parse_status,
     reading_to_dict,
 )
 
@@ -168,3 +174,122 @@ def test_uuid7_ids_are_unique_and_time_ordered() -> None:
     assert len(set(ids)) == len(ids)
     prefixes = [i[:13] for i in ids]  # the 48-bit millisecond timestamp
     assert prefixes == sorted(prefixes)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
+    max_leaves=30,
+)
+FIELD_NAMES = st.sampled_from(
+    [
+        "v",
+        "gateway_id",
+        "sent_at",
+        "readings",
+        "reading_id",
+        "measurement_id",
+        "seq",
+        "patient_id",
+        "device",
+        "id",
+        "type",
+        "loinc",
+        "unit",
+        "value",
+        "measured_at",
+        "time_source",
+        "received_at",
+        "device_time",
+        "raw",
+        "hex",
+        "characteristic",
+        "state",
+        "devices",
+        "software",
+        "outbox_pending",
+        "at",
+        "committed",
+        "rejected",
+        "reason",
+        "message_id",
+        "sender",
+        "text",
+        "battery_percent",
+        "last_seen",
+    ]
+)
+
+
+def mutated_reading() -> st.SearchStrategy[dict[str, object]]:
+    """A valid reading with a few fields replaced by arbitrary JSON values."""
+    return st.builds(
+        lambda changes: {**reading_to_dict(a_reading()), **changes},
+        st.dictionaries(FIELD_NAMES, JSON_VALUES, max_size=3),
+    )
+
+
+PARSERS = [parse_reading_batch, parse_ack, parse_status, parse_inbox_message, parse_receipt]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    envelope=st.dictionaries(FIELD_NAMES, JSON_VALUES, max_size=6),
+    readings=st.lists(mutated_reading(), max_size=3),
+    parser_index=st.integers(0, len(PARSERS) - 1),
+)
+def test_parsers_raise_nothing_but_contract_error(
+    envelope: dict[str, object], readings: list[dict[str, object]], parser_index: int
+) -> None:
+    body = {"v": 1, "gateway_id": "gw-1", "sent_at": NOW.isoformat(), "readings": readings}
+    body.update(envelope)
+    try:
+        payload = json.dumps(body).encode()
+    except (ValueError, UnicodeEncodeError):
+        return
+    with contextlib.suppress(ContractError):  # any other exception fails the test
+        PARSERS[parser_index](payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v": 1, "gateway_id": "gw-1", "sent_at": "2026-11-29T07:30:00+00:00", "readings": ['
+        + b'{"value": '
+        + b"9" * 5000
+        + b"}]}",
+        b'{"v": 1, "gateway_id": "gw-1", "state": "online", "devices": 5}',
+        b'{"v": 1, "gateway_id": "gw-1", "state": "online", "software": "\\ud800"}',
+        b'{"v": 1, "gateway_id": "gw-1", "state": "online", "software": "a\\u0000b"}',
+    ],
+)
+def test_hostile_values_found_in_review_are_contract_errors(payload: bytes) -> None:
+    parser = parse_status if b'"state"' in payload else parse_reading_batch
+    with pytest.raises(ContractError):
+        parser(payload)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"value": 10**400}, "not_finite"),
+        ({"measured_at": "9999-12-31T23:59:59-15:00"}, "bad_time"),
+        ({"measured_at": "2026-11-29T07:30:00+20:00"}, "bad_time"),
+        ({"measured_at": "1999-12-31T23:59:59+00:00"}, "bad_time"),
+        ({"measured_at": "2026-11-29T09:30:00+00:00"}, "bad_time"),  # 2 h after received
+        ({"patient_id": "pt\x00"}, "bad_field"),
+    ],
+)
+def test_times_and_values_the_database_could_not_hold_are_rejected(
+    change: dict[str, object], reason: str
+) -> None:
+    item = reading_to_dict(a_reading())
+    item.update(change)
+    parsed = parse_reading_batch(message(item))
+    assert [r.reason for r in parsed.rejected] == [reason]
+
+
+def test_a_gateway_id_with_a_trailing_newline_is_refused() -> None:
+    assert topics.gateway_id_from_topic("carewatch/v1/gateways/gw-1\n/readings") is None
