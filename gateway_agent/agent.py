@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
@@ -24,6 +25,9 @@ from gateway_agent.observations import measurement_time, observations_from
 from gateway_agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
+
+#: Namespace of the ids of stored records (UUIDv5 over device, characteristic and bytes).
+STORED_RECORD_NAMESPACE = uuid.UUID("6b1d2c1e-5c1a-4f0e-9d5e-2f3a7c4b8e10")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +69,12 @@ def build_readings(
     tz: tzinfo,
     max_drift_s: float,
     stored_record: bool = False,
-    new_id: Callable[[], str] = new_uuid7,
 ) -> list[Reading]:
     """The readings of one characteristic value (unnumbered: ``seq`` is 0 until stored).
+
+    A live measurement gets fresh ids. A stored record (a device's memory, sent again on
+    every connection until cleared) gets ids derived from the device and the exact bytes, so
+    that the same record replayed twice is the same reading and is stored once.
 
     Raises GattDecodeError when the bytes are not a valid value of the characteristic.
     """
@@ -95,10 +102,16 @@ def build_readings(
             device_fields.seconds,
         )
     )
-    measurement_id = new_id()
+    if stored_record:
+        record = f"{device.device_id}|{characteristic.upper()}|{payload.hex()}"
+        measurement_id = str(uuid.uuid5(STORED_RECORD_NAMESPACE, record))
+    else:
+        measurement_id = new_uuid7()
     return [
         Reading(
-            reading_id=new_id(),
+            reading_id=str(uuid.uuid5(uuid.UUID(measurement_id), obs.loinc))
+            if stored_record
+            else new_uuid7(),
             measurement_id=measurement_id,
             seq=0,
             patient_id=device.patient_id,

@@ -92,6 +92,17 @@ class Outbox:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                # A stored record replayed while its first copy is still pending is the same
+                # reading (same id): it is not added twice.
+                marks = ",".join("?" * len(readings))
+                pending = {
+                    row[0]
+                    for row in self._conn.execute(
+                        f"SELECT reading_id FROM outbox WHERE reading_id IN ({marks})",  # noqa: S608 - placeholders only
+                        [r.reading_id for r in readings],
+                    )
+                }
+                readings = [r for r in readings if r.reading_id not in pending]
                 (first,) = self._conn.execute(
                     "SELECT value FROM counters WHERE name = 'next_seq'"
                 ).fetchone()

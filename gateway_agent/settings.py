@@ -16,6 +16,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from carewatch_contract.broker import PROTOCOLS, BrokerEndpoint
+from carewatch_contract.messages import MAX_READINGS_PER_MESSAGE
 from carewatch_contract.topics import GATEWAY_ID_PATTERN
 
 
@@ -72,7 +73,7 @@ class GatewaySettings:
             outbox_path=Path(env.get("GATEWAY_OUTBOX_PATH", "gateway-outbox.sqlite")),
             clock_drift_s=_number(env, "GATEWAY_CLOCK_DRIFT_S", 600.0),
             timezone=timezone,
-            batch_size=int(_number(env, "GATEWAY_BATCH_SIZE", 50)),
+            batch_size=_batch_size(env),
             resend_after_s=_number(env, "GATEWAY_RESEND_AFTER_S", 30.0),
             heartbeat_s=_number(env, "GATEWAY_HEARTBEAT_S", 60.0),
         )
@@ -89,6 +90,15 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
     if value <= 0:
         raise SettingsError(f"{name} must be positive")
     return value
+
+
+def _batch_size(env: Mapping[str, str]) -> int:
+    size = _number(env, "GATEWAY_BATCH_SIZE", 50)
+    if not size.is_integer() or size > MAX_READINGS_PER_MESSAGE:
+        raise SettingsError(
+            f"GATEWAY_BATCH_SIZE must be a whole number from 1 to {MAX_READINGS_PER_MESSAGE}"
+        )
+    return int(size)
 
 
 def _password(env: Mapping[str, str]) -> str | None:

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from carewatch_contract.messages import (
     GatewayStatus,
     InboxReceipt,
     ReceiptState,
+    encode_inbox_message,
     encode_reading_batch_json,
     encode_receipt,
     encode_status,
@@ -101,7 +104,8 @@ class Uplink:
             info = self._client.publish(
                 self._topic_status, self._status(GatewayState.OFFLINE), qos=1, retain=True
             )
-            info.wait_for_publish(timeout=3)
+            with contextlib.suppress(RuntimeError, ValueError):  # the connection dropped
+                info.wait_for_publish(timeout=3)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -150,37 +154,56 @@ class Uplink:
                     )
             elif message.topic == self._topic_inbox:
                 inbox = parse_inbox_message(message.payload)
-                self._outbox.store_inbox_message(inbox.message_id, message.payload.decode())
+                self._outbox.store_inbox_message(
+                    inbox.message_id, encode_inbox_message(inbox).decode()
+                )
                 receipt = InboxReceipt(inbox.message_id, ReceiptState.DELIVERED, datetime.now(UTC))
                 client.publish(self._topic_receipts, encode_receipt(receipt), qos=1)
         except ContractError as exc:
             log.warning("ignoring a malformed message on %s: %s", message.topic, exc.reason)
+        except sqlite3.Error as exc:
+            # Nothing is lost: unapplied acks mean readings are sent again and counted as
+            # duplicates; an unstored inbox message is not receipted.
+            log.error("the outbox could not record a message on %s: %s", message.topic, exc)
 
     # -- publishing loop -----------------------------------------------------------------
 
     def _publish_loop(self) -> None:
         next_heartbeat = 0.0
+        backoff = 1.0
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
             if not self.connected:
                 continue
-            while not self._stop.is_set() and self.connected:
-                due = self._outbox.take_due(
-                    limit=self._settings.batch_size, resend_after_s=self._settings.resend_after_s
-                )
-                if not due:
-                    break
-                payload = encode_reading_batch_json(
-                    self._settings.gateway_id, datetime.now(UTC), [p.body for p in due]
-                )
-                self._client.publish(self._topic_readings, payload, qos=1)
-            now = time.monotonic()
-            if now >= next_heartbeat and self.connected:
-                self._client.publish(
-                    self._topic_status, self._status(GatewayState.ONLINE), qos=1, retain=True
-                )
-                next_heartbeat = now + self._settings.heartbeat_s
+            try:
+                next_heartbeat = self._publish_due(next_heartbeat)
+                backoff = 1.0
+            except sqlite3.Error as exc:
+                log.error("the outbox cannot be read (%s); retrying in %.0f s", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def _publish_due(self, next_heartbeat: float) -> float:
+        """Publish every due reading, in order, and the heartbeat when it is time; return
+        the time of the next heartbeat."""
+        while not self._stop.is_set() and self.connected:
+            due = self._outbox.take_due(
+                limit=self._settings.batch_size, resend_after_s=self._settings.resend_after_s
+            )
+            if not due:
+                break
+            payload = encode_reading_batch_json(
+                self._settings.gateway_id, datetime.now(UTC), [p.body for p in due]
+            )
+            self._client.publish(self._topic_readings, payload, qos=1)
+        now = time.monotonic()
+        if now >= next_heartbeat and self.connected:
+            self._client.publish(
+                self._topic_status, self._status(GatewayState.ONLINE), qos=1, retain=True
+            )
+            next_heartbeat = now + self._settings.heartbeat_s
+        return next_heartbeat
 
 
 def _software_version() -> str:
