@@ -94,7 +94,7 @@ def _number(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _batch_size(env: Mapping[str, str]) -> int:
     size = _number(env, "GATEWAY_BATCH_SIZE", 50)
-    if not size.is_integer() or size > MAX_READINGS_PER_MESSAGE:
+    if not float(size).is_integer() or size > MAX_READINGS_PER_MESSAGE:
         raise SettingsError(
             f"GATEWAY_BATCH_SIZE must be a whole number from 1 to {MAX_READINGS_PER_MESSAGE}"
         )
