@@ -373,8 +373,27 @@ def _fold(state: _FlagState, breaches: Iterable[_Breach], rules: RuleSet) -> _Fl
         if breach.loinc == state.loinc:
             if breach.measured_at >= state.last_breach_at:
                 state.last_value = breach.value
+            if breach.measured_at < state.opened_at:  # an older record that arrived late
+                state.first_value = breach.value
             state.worst_value = worse(state.worst_value, breach.value)
+        state.opened_at = min(state.opened_at, breach.measured_at)
         state.last_breach_at = max(state.last_breach_at, breach.measured_at)
+        if (
+            state.status == "acknowledged"
+            and state.acknowledged_at is not None
+            and breach.measured_at > state.acknowledged_at
+        ):
+            # Acknowledging saw what was there, not what comes next: a new breach measured
+            # after it puts the flag back in the queue.
+            state.events.append(
+                (
+                    "breach",
+                    {"reopened": True, "rules_version": rules.version, **breach.event_detail()},
+                )
+            )
+            state.status = "open"
+            state.acknowledged_at = None
+            state.acknowledged_by = None
         if SEVERITY_RANK[breach.severity] > SEVERITY_RANK[state.severity]:
             detail: dict[str, Any] = {
                 "from": state.severity,
@@ -472,12 +491,14 @@ def _update_flags(conn: psycopg.Connection[Any], states: Sequence[_FlagState]) -
         " threshold = u.threshold::jsonb, rules_version = u.rules_version,"
         " last_breach_at = u.last_breach_at, breach_count = u.breach_count,"
         " last_value = u.last_value, worst_value = u.worst_value,"
-        " acknowledged_at = u.acknowledged_at, acknowledged_by = u.acknowledged_by"
+        " acknowledged_at = u.acknowledged_at, acknowledged_by = u.acknowledged_by,"
+        " opened_at = u.opened_at, first_value = u.first_value"
         " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
         " %s::timestamptz[], %s::int[], %s::float8[], %s::float8[], %s::timestamptz[],"
-        " %s::text[])"
+        " %s::text[], %s::timestamptz[], %s::float8[])"
         " AS u(flag_id, severity, status, threshold, rules_version, last_breach_at,"
-        " breach_count, last_value, worst_value, acknowledged_at, acknowledged_by)"
+        " breach_count, last_value, worst_value, acknowledged_at, acknowledged_by,"
+        " opened_at, first_value)"
         " WHERE f.flag_id = u.flag_id",
         (
             [s.flag_id for s in states],
@@ -491,6 +512,8 @@ def _update_flags(conn: psycopg.Connection[Any], states: Sequence[_FlagState]) -
             [s.worst_value for s in states],
             [s.acknowledged_at for s in states],
             [s.acknowledged_by for s in states],
+            [s.opened_at for s in states],
+            [s.first_value for s in states],
         ),
     )
 

@@ -45,6 +45,8 @@ DEFAULT_WORKER: Final = "rules-1"
 DEFAULT_MAX_READINGS: Final = 50_000
 RECONNECT_BACKOFF_INITIAL_S: Final = 0.5
 RECONNECT_BACKOFF_MAX_S: Final = 30.0
+#: After this long without progress the worker checks for readings held back, and says so.
+STALL_WARNING_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 5
 
 
@@ -199,6 +201,7 @@ def run_forever(
         len(rules.rules),
         settings.poll_interval_ms,
     )
+    stalled_since: float | None = None
     try:
         while not stop.is_set():
             try:
@@ -214,6 +217,13 @@ def run_forever(
                 )
                 backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 _log_pass(result, elapsed_s=time.monotonic() - started)
+                if result.upper > result.lower:
+                    stalled_since = None
+                elif stalled_since is None:
+                    stalled_since = time.monotonic()
+                elif time.monotonic() - stalled_since >= STALL_WARNING_S:
+                    _warn_if_readings_wait(conn, lower=result.lower)
+                    stalled_since = time.monotonic()
                 if result.more_ready:
                     continue
                 stop.wait(poll_interval_s)
@@ -236,6 +246,27 @@ def run_forever(
     finally:
         _close_quietly(conn)
         log.info("rules worker %s stopped", settings.worker_name)
+
+
+def _warn_if_readings_wait(conn: psycopg.Connection[Any], *, lower: int) -> None:
+    """Say so when committed readings wait behind a transaction left open on the server:
+    flags are delayed (never lost) until it ends."""
+    waiting = conn.execute(
+        "SELECT count(*) FROM readings WHERE ingest_xid >= %s::text::xid8", (str(lower),)
+    ).fetchone()
+    blocker = conn.execute(
+        "SELECT pid, datname, state, now() - xact_start FROM pg_stat_activity"
+        " WHERE backend_xid IS NOT NULL ORDER BY xact_start LIMIT 1"
+    ).fetchone()
+    conn.rollback()
+    if waiting and waiting[0] and blocker:
+        log.warning(
+            "%d reading(s) wait for the rules: the oldest open transaction on the server "
+            "(pid %s, database %s, %s, open for %s) holds them back; end it or set "
+            "idle_in_transaction_session_timeout",
+            waiting[0],
+            *blocker,
+        )
 
 
 def _log_pass(result: PassResult, *, elapsed_s: float) -> None:

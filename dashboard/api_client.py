@@ -9,6 +9,7 @@ token is never logged, shown, or put into an error message.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -135,6 +136,11 @@ class CareWatchApi:
             raise ApiError(_bad_url_message(url))
         if not token.strip():
             raise ApiAuthError(_missing_token_message())
+        if not token.strip().isascii() or not token.strip().isprintable():
+            raise ApiAuthError(
+                "CAREWATCH_API_TOKEN holds characters a token cannot have; copy the ingest "
+                "service's token again"
+            )
         self.base_url = url
         #: The URL without credentials, for messages and the sidebar.
         self.display_url = str(parsed.copy_with(username=None, password=None))
@@ -214,6 +220,12 @@ class CareWatchApi:
         """Acknowledge a flag as this clinician; returns the flag. Twice is harmless."""
         return self._request(
             "POST", f"{API_PREFIX}/flags/{int(flag_id)}/acknowledge", json={"note": note}
+        )
+
+    def resolve(self, flag_id: int, note: str) -> JsonObject:
+        """Resolve a flag with a note saying why; returns the flag. Twice is harmless."""
+        return self._request(
+            "POST", f"{API_PREFIX}/flags/{int(flag_id)}/resolve", json={"note": note}
         )
 
     def flag_counts(self) -> dict[str, int]:
@@ -301,7 +313,8 @@ def _path_segment(value: str) -> str:
 
 
 def _bad_url_message(url: str) -> str:
-    return f"{ENV_API_URL} must be an http(s) URL such as {DEFAULT_API_URL}, not {url!r}"
+    shown = re.sub(r"//[^/@]*@", "//***@", url)  # never echo credentials in the URL
+    return f"{ENV_API_URL} must be an http(s) URL such as {DEFAULT_API_URL}, not {shown!r}"
 
 
 def _missing_token_message() -> str:

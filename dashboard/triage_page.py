@@ -133,6 +133,22 @@ def _acknowledge(connect: ApiConnector, flag_id: int) -> None:
     )
 
 
+def _resolve(connect: ApiConnector, flag_id: int, note_key: str) -> None:
+    """Button callback: resolve with the note typed on the card."""
+    note = str(st.session_state.get(note_key) or "").strip()
+    if not note:
+        st.session_state[NOTICE_KEY] = ("error", "Say why the flag is resolved before resolving.")
+        return
+    try:
+        with connect() as api:
+            flag = api.resolve(flag_id, note)
+    except ApiError as exc:
+        st.session_state[NOTICE_KEY] = ("error", f"Could not resolve the flag: {exc}")
+        return
+    who = flag.get("patient_name") or "the patient"
+    st.session_state[NOTICE_KEY] = ("success", f"Resolved: {flag.get('title', 'flag')} for {who}.")
+
+
 def flag_card(
     connect: ApiConnector,
     flag: Mapping[str, Any],
@@ -142,9 +158,11 @@ def flag_card(
     open_patient: OpenPatient | None = None,
 ) -> None:
     """One flag: severity badge, patient, what fired, worst and last value, readings, age,
-    status; "Acknowledge" when open; "Open patient" when ``open_patient`` is given.
+    status; "Acknowledge" when open; "Resolve" (with a note) once acknowledged; "Open
+    patient" when ``open_patient`` is given.
 
-    Widget keys: ``{key_prefix}-ack-{flag_id}`` and ``{key_prefix}-open-{flag_id}``.
+    Widget keys: ``{key_prefix}-ack-{flag_id}``, ``{key_prefix}-note-{flag_id}``,
+    ``{key_prefix}-resolve-{flag_id}`` and ``{key_prefix}-open-{flag_id}``.
     """
     flag_id = int(flag["flag_id"])
     severity = str(flag.get("severity", "info"))
@@ -180,6 +198,17 @@ def flag_card(
                     on_click=_acknowledge,
                     args=(connect, flag_id),
                 )
+            elif status == "acknowledged":
+                note_key = f"{key_prefix}-note-{flag_id}"
+                with st.popover("Resolve", width="stretch"):
+                    st.text_input("Why is it resolved?", key=note_key, max_chars=2000)
+                    st.button(
+                        "Resolve flag",
+                        key=f"{key_prefix}-resolve-{flag_id}",
+                        type="primary",
+                        on_click=_resolve,
+                        args=(connect, flag_id, note_key),
+                    )
             if open_patient is not None and st.button(
                 "Open patient", key=f"{key_prefix}-open-{flag_id}", width="stretch"
             ):

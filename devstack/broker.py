@@ -436,6 +436,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("transitions").setLevel(logging.WARNING)
         _serve_amqtt(args.amqtt)
         return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the broker, not orphan it
     with EmbeddedBroker(args.data_dir, prefer=args.prefer, port=args.port) as broker:
         print(f"MQTT_URL={broker.url}  (MQTT {broker.protocol}, {broker.kind}); Ctrl-C stops it")
         with contextlib.suppress(KeyboardInterrupt):

@@ -215,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     stopping = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # HUP: terminal closed
+        signal.signal(signum, lambda *_: stopping.set())
     started = time.monotonic()
     stack = Stack()
     with services(plan.data_dir) as (database_url, mqtt_url, protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -27,6 +28,12 @@ import uvicorn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM (a CI timeout, ``timeout make test``) stops the run like Ctrl-C, so that the
+    fixtures' teardown stops the embedded servers and processes they started."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _with_database(url: str, dbname: str) -> str:

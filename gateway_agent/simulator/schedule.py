@@ -190,7 +190,9 @@ def _spo2(
     patient: SimulatedPatient, hour: float, since_onset: timedelta | None, rng: random.Random
 ) -> dict[str, float]:
     baseline = patient.baseline["spo2"]
-    spo2 = _clamp(baseline + _noise(rng, 0.8), baseline - 2, 100)
+    # A well patient stays within their target: 94-98 % (scale 1) or 88-92 % (scale 2).
+    target_floor = 88 if patient.spo2_scale == 2 else 94
+    spo2 = _clamp(baseline + _noise(rng, 0.8), max(baseline - 2, target_floor), 100)
     if since_onset is not None and _active(patient, ScenarioKind.DESATURATION, since_onset):
         severity = patient.scenario.severity if patient.scenario else 0.0
         lowest = 91 - 5 * severity  # 86-91 %

@@ -99,7 +99,8 @@ def test_patients_readings_and_thresholds(api: CareWatchApi, seeded: SeededWorks
     thresholds = api.thresholds("8480-6")
     assert thresholds["version"]
     assert [(line["limit"], line["severity"]) for line in thresholds["lines"]] == [
-        (180, "critical")
+        (180, "critical"),
+        (91, "high"),  # NEWS2: systolic <= 90 scores 3
     ]
 
 
@@ -186,3 +187,14 @@ def test_a_non_ascii_clinician_name_reaches_the_audit(
         flag = client.acknowledge(seeded.fever_flag_id)
 
     assert flag["acknowledged_by"] == "Zoë"  # percent-encoded on the wire, decoded by the API
+
+
+def test_a_token_with_impossible_characters_is_a_clear_error_not_a_traceback() -> None:
+    with pytest.raises(ApiAuthError, match="CAREWATCH_API_TOKEN"):
+        CareWatchApi("http://127.0.0.1:8000", "tök€n")
+
+
+def test_a_bad_url_error_never_echoes_its_password() -> None:
+    with pytest.raises(ApiError) as caught:
+        CareWatchApi("ftp://admin:hunter2@example.invalid", "token")
+    assert "hunter2" not in str(caught.value)

@@ -114,6 +114,31 @@ def test_acknowledge_on_the_queue_acknowledges_through_the_api_as_the_clinician(
 
 
 @pytest.mark.db
+def test_an_acknowledged_flag_is_resolved_with_a_note(
+    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+) -> None:
+    api.acknowledge(seeded.fever_flag_id)
+    at = run_workspace()
+    flag_id = seeded.fever_flag_id
+
+    at.button(key=f"triage-resolve-{flag_id}").click().run()  # no note yet
+    assert api.flag(flag_id)["status"] == "acknowledged"
+    assert [alert.value for alert in at.main.error] == [
+        "Say why the flag is resolved before resolving."
+    ]
+    at.text_input(key=f"triage-note-{flag_id}").set_value("Paracetamol, afebrile on call").run()
+    at.button(key=f"triage-resolve-{flag_id}").click().run()
+
+    assert not at.exception
+    flag = api.flag(flag_id)
+    assert (flag["status"], flag["resolution_note"]) == (
+        "resolved",
+        "Paracetamol, afebrile on call",
+    )
+    assert f"triage-open-{flag_id}" not in {b.key for b in at.button}
+
+
+@pytest.mark.db
 def test_the_status_filter_narrows_the_queue(
     workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
 ) -> None:
@@ -123,7 +148,10 @@ def test_the_status_filter_narrows_the_queue(
     at.segmented_control(key="triage_statuses").set_value(["acknowledged"]).run()
 
     assert not at.exception
-    assert {b.key for b in at.button} == {f"triage-open-{seeded.fever_flag_id}"}
+    assert {b.key for b in at.button} == {
+        f"triage-open-{seeded.fever_flag_id}",
+        f"triage-resolve-{seeded.fever_flag_id}",
+    }
     at.multiselect(key="triage_severities").set_value(["critical"]).run()
     assert [alert.value for alert in at.info] == ["No flags match these filters."]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ from analytics.flag_store import (
 )
 from analytics.rules import RuleSet, evaluate_thresholds, load_rules
 from analytics.settings import AnalyticsSettings
-from analytics.worker import run_forever, run_once
+from analytics.worker import _warn_if_readings_wait, run_forever, run_once
 from carewatch_contract.metrics import METRICS, Loinc
 
 pytestmark = pytest.mark.db
@@ -174,6 +175,7 @@ def test_a_second_rule_or_patient_gets_its_own_flag(
     assert sorted((f["patient_id"], f["rule_id"]) for f in flags) == [
         ("p1", "hypoglycaemia"),
         ("p1", "spo2-below-target"),
+        ("p1", "tachycardia"),
         ("p2", "spo2-below-target"),
     ]
     assert [f["rule_id"] for f in list_flags(db, patient_id="p2")] == ["spo2-below-target"]
@@ -428,7 +430,7 @@ def test_run_once_processes_committed_readings_exactly_once(
     first = run_once(db, rules)
     second = run_once(db, rules)
 
-    assert (first.readings, first.breaches, first.changes.opened) == (3, 2, 2)
+    assert (first.readings, first.breaches, first.changes.opened) == (4, 2, 2)
     assert first.upper > first.lower
     assert (second.readings, second.breaches) == (0, 0)
     assert sum(f["breach_count"] for f in list_flags(db)) == 2
@@ -558,3 +560,52 @@ def test_the_worker_holds_each_patient_to_their_own_spo2_scale(
         ("copd", "spo2-below-target-scale-2", 86.0),  # 90 % is within a COPD patient's target
         ("most", "spo2-below-target", 90.0),
     }
+
+
+def test_a_breach_after_acknowledgement_puts_the_flag_back_in_the_queue(
+    db: psycopg.Connection[Any], rules: RuleSet
+) -> None:
+    add_patient(db, "p1")
+    store_and_apply(db, rules, "p1", [(SYSTOLIC, 186, 0)])
+    [flag] = list_flags(db)
+    acknowledge_flag(db, flag_id=flag["flag_id"], actor="dr-a")
+    # Three days later (T0 is a day ago: 3 days after T0 is after the acknowledgement).
+    store_and_apply(db, rules, "p1", [(SYSTOLIC, 238, 3 * 24 * 60)])
+    [again] = list_flags(db)
+    assert (again["flag_id"], again["status"], again["acknowledged_by"]) == (
+        flag["flag_id"],
+        "open",
+        None,
+    )
+    assert events_of(get_flag(db, flag_id=flag["flag_id"]))[-1] == "breach"
+
+
+def test_a_breach_measured_before_the_acknowledgement_does_not_reopen(
+    db: psycopg.Connection[Any], rules: RuleSet
+) -> None:
+    add_patient(db, "p1")
+    store_and_apply(db, rules, "p1", [(SYSTOLIC, 186, 60)])
+    [flag] = list_flags(db)
+    acknowledge_flag(db, flag_id=flag["flag_id"], actor="dr-a")
+    store_and_apply(db, rules, "p1", [(SYSTOLIC, 205, 0)])  # a stored record from before
+    [same] = list_flags(db)
+    assert same["status"] == "acknowledged"
+    assert (same["opened_at"], same["first_value"], same["worst_value"]) == (T0, 205.0, 205.0)
+
+
+def test_readings_held_back_by_an_open_transaction_are_reported(
+    db: psycopg.Connection[Any], rules: RuleSet, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    add_patient(db, "p1")
+    db.commit()
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("INSERT INTO patients (patient_id, display_name) VALUES ('px', 'X')")
+        add_readings(db, "p1", [(SPO2, 85, 0)])  # committed after the blocker began
+        db.commit()
+        held = run_once(db, rules)
+        assert held.readings == 0  # flags wait: the blocker's transaction is still open
+        with caplog.at_level(logging.WARNING, logger="analytics.worker"):
+            _warn_if_readings_wait(db, lower=held.lower)
+        assert "1 reading(s) wait for the rules" in caplog.text
+        blocker.rollback()
+    assert run_once(db, rules).readings == 1  # and nothing was lost

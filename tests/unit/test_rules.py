@@ -84,7 +84,7 @@ def breach_of(rules: RuleSet, loinc: str, value: float) -> tuple[str, str] | Non
         (Loinc.BODY_TEMPERATURE, 38.1, ("fever", "medium")),
         (Loinc.BODY_TEMPERATURE, 39.0, ("fever", "medium")),
         (Loinc.BODY_TEMPERATURE, 39.1, ("fever", "high")),
-        (Loinc.HEART_RATE, 200, None),  # no threshold rule for heart rate yet
+        (Loinc.HEART_RATE, 200, ("tachycardia", "high")),
     ],
 )
 def test_default_thresholds_at_their_boundaries(
@@ -287,7 +287,10 @@ def test_two_hundred_thousand_readings_evaluate(rules: RuleSet) -> None:
 
     spo2 = frame[frame.loinc == str(Loinc.SPO2)].value
     glucose = frame[frame.loinc == str(Loinc.GLUCOSE)].value
-    assert len(result) == int((spo2 < 94).sum() + (glucose < 70).sum() + (glucose > 250).sum())
+    pulse = frame[frame.loinc == str(Loinc.HEART_RATE)].value
+    expected = (spo2 < 94).sum() + (glucose < 70).sum() + (glucose > 250).sum()
+    expected += (pulse < 41).sum() + (pulse > 130).sum()
+    assert len(result) == int(expected)
     assert result["measured_at"].is_monotonic_increasing
 
 
@@ -336,6 +339,10 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
         "hypoglycaemia",
         "hyperglycaemia",
         "fever",
+        "hypotension",
+        "bradycardia",
+        "tachycardia",
+        "hypothermia",
     }
     assert all(rule.source for rule in rules.rules)
     assert rules.threshold_lines(str(Loinc.GLUCOSE)) == [
@@ -367,7 +374,8 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
             "spo2_scale": None,
         },
     ]
-    assert rules.threshold_lines(str(Loinc.HEART_RATE)) == []
+    assert [line["limit"] for line in rules.threshold_lines(str(Loinc.HEART_RATE))] == [41, 130]
+    assert rules.threshold_lines(str(Loinc.BODY_WEIGHT)) == []  # weight: trend rules, later
 
 
 @pytest.mark.parametrize(
@@ -497,3 +505,22 @@ def test_spo2_scale_must_be_1_or_2(tmp_path: Path) -> None:
     bad = VALID_RULE.replace('direction = "low"', 'direction = "low"\nspo2_scale = 3', 1)
     with pytest.raises(RulesConfigError, match="spo2_scale"):
         load_rules(write_rules(tmp_path, bad))
+
+
+@pytest.mark.parametrize(
+    ("loinc", "value", "expected"),
+    [
+        (str(Loinc.SYSTOLIC), 91, None),
+        (str(Loinc.SYSTOLIC), 90, ("hypotension", "high")),
+        (str(Loinc.HEART_RATE), 41, None),
+        (str(Loinc.HEART_RATE), 40, ("bradycardia", "high")),
+        (str(Loinc.HEART_RATE), 130, None),
+        (str(Loinc.HEART_RATE), 131, ("tachycardia", "high")),
+        (str(Loinc.BODY_TEMPERATURE), 35.1, None),
+        (str(Loinc.BODY_TEMPERATURE), 35.0, ("hypothermia", "high")),
+    ],
+)
+def test_news2_single_parameter_score_3_at_its_band_edges(
+    rules: RuleSet, loinc: str, value: float, expected: tuple[str, str] | None
+) -> None:
+    assert breach_of(rules, loinc, value) == expected
