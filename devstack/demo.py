@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import Request, urlopen
 
+from devstack import DevstackError
 from devstack.ports import free_port
 
 log = logging.getLogger("devstack.demo")
@@ -101,10 +102,14 @@ def services(data_dir: Path) -> Iterator[tuple[str, str, str]]:
         yield database_url, mqtt_url, protocol
 
 
-def _wait_http(url: str, timeout_s: float, token: str | None = None) -> bool:
+def _wait_http(
+    url: str, timeout_s: float, stopping: threading.Event, token: str | None = None
+) -> bool:
     deadline = time.monotonic() + timeout_s
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.monotonic() < deadline:
+        if stopping.is_set():
+            raise DemoError("stopped while starting")
         try:
             with urlopen(Request(url, headers=headers), timeout=2) as response:  # noqa: S310 - localhost
                 if response.status == 200:
@@ -153,7 +158,9 @@ class DemoPlan:
         }
 
 
-def start_children(plan: DemoPlan, stack: Stack, env: dict[str, str]) -> None:
+def start_children(
+    plan: DemoPlan, stack: Stack, env: dict[str, str], stopping: threading.Event
+) -> None:
     """Enrol the demo home, then start ingest, rules, the gateway and the dashboard."""
     population = ["--patients", str(plan.patients), "--seed", str(plan.seed)]
     enrolled = subprocess.run(  # noqa: S603 - our own interpreter and module
@@ -172,7 +179,7 @@ def start_children(plan: DemoPlan, stack: Stack, env: dict[str, str]) -> None:
         env,
         plan.log_dir,
     )
-    if not _wait_http(f"{plan.api_url}/readyz", 60):
+    if not _wait_http(f"{plan.api_url}/readyz", 60, stopping):
         raise DemoError(f"ingest did not become ready; see {plan.log_dir / 'ingest.log'}")
     stack.spawn("rules", ["-m", "analytics", "worker"], env, plan.log_dir)
     stack.spawn(
@@ -197,8 +204,17 @@ def start_children(plan: DemoPlan, stack: Stack, env: dict[str, str]) -> None:
         env,
         plan.log_dir,
     )
-    if not _wait_http(f"{plan.dashboard_url}/_stcore/health", 60):
+    if not _wait_http(f"{plan.dashboard_url}/_stcore/health", 60, stopping):
         raise DemoError(f"the dashboard did not start; see {plan.log_dir / 'dashboard.log'}")
+
+
+def _write_token(plan: DemoPlan) -> Path:
+    """Keep the demo's API token in a file only its owner can read, to try the API with."""
+    path = plan.data_dir / "api-token"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(plan.token + "\n", encoding="utf-8")
+    return path
 
 
 class DemoError(RuntimeError):
@@ -221,11 +237,14 @@ def run(args: argparse.Namespace) -> int:
     stack = Stack()
     with services(plan.data_dir) as (database_url, mqtt_url, protocol):
         try:
-            start_children(plan, stack, plan.environment(database_url, mqtt_url, protocol))
+            start_children(
+                plan, stack, plan.environment(database_url, mqtt_url, protocol), stopping
+            )
             print(
                 f"\nCareWatch demo is running ({time.monotonic() - started:.0f} s to start)\n"
                 f"  Clinician workspace: {plan.dashboard_url}\n"
-                f"  API and docs:        {plan.api_url}/docs\n"
+                f"  API and docs:        {plan.api_url}/docs"
+                f" (token in {_write_token(plan)})\n"
                 f"  Logs:                {plan.log_dir}\n"
                 "Press Ctrl-C to stop everything.\n",
                 flush=True,
@@ -259,4 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-for", type=float, default=0, help="stop after N seconds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run(args)
+    try:
+        return run(args)
+    except DevstackError as exc:  # an embedded service would not start, or was interrupted
+        print(f"CareWatch demo: {exc}", file=sys.stderr)
+        return 1
