@@ -124,6 +124,7 @@ def test_ingest_killed_and_restarted_while_the_gateway_publishes_loses_and_doubl
         "SELECT count(*) FROM (SELECT gateway_seq - lag(gateway_seq) OVER (ORDER BY gateway_seq)"
         " AS step FROM readings) s WHERE step <> 1"
     )
+    print(f"{accepted} readings accepted by the gateway, {rows} rows, {distinct} distinct ids")
     assert accepted > 500
     assert rows == distinct == accepted
     assert gaps == 0
