@@ -161,8 +161,13 @@ class GatewayAgent:
         *,
         received_at: datetime | None = None,
         stored_record: bool = False,
+        remember: tuple[str, int] | None = None,
     ) -> list[Reading]:
-        """Decode and store one characteristic value; return the readings stored."""
+        """Decode and store one characteristic value; return the readings stored.
+
+        ``remember``: a named progress number (e.g. the last record fetched from a device's
+        memory) stored atomically with the readings, or with nothing if the bytes are bad.
+        """
         received_at = received_at or datetime.now(UTC)
         self._seen(device, received_at)
         try:
@@ -189,8 +194,10 @@ class GatewayAgent:
                 payload=payload,
                 error=str(exc),
             )
+            if remember is not None:
+                self._outbox.remember(*remember)
             return []
-        stored = self._outbox.add(readings)
+        stored = self._outbox.add(readings, remember=remember)
         if stored and self._on_new_readings is not None:
             self._on_new_readings()
         return stored

@@ -81,12 +81,17 @@ class Outbox:
         with self._lock:
             self._conn.close()
 
-    def add(self, readings: Sequence[Reading]) -> list[Reading]:
+    def add(
+        self, readings: Sequence[Reading], *, remember: tuple[str, int] | None = None
+    ) -> list[Reading]:
         """Store the readings of one measurement atomically, numbering them in order.
 
         The readings come in with ``seq`` 0; they come back with their sequence numbers.
+        ``remember`` is a named number recorded in the same transaction (how far a device's
+        stored records have been fetched), so progress and readings never disagree after a
+        crash.
         """
-        if not readings:
+        if not readings and remember is None:
             return []
         now = time.time()
         with self._lock:
@@ -115,6 +120,8 @@ class Outbox:
                     "UPDATE counters SET value = ? WHERE name = 'next_seq'",
                     (first + len(numbered),),
                 )
+                if remember is not None:
+                    self._remember(*remember)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -224,11 +231,16 @@ class Outbox:
     def remember(self, name: str, value: int) -> None:
         """Keep a small named number across restarts (e.g. how far a replay got)."""
         with self._lock:
-            self._conn.execute(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (name, value),
-            )
+            self._remember(name, value)
+
+    def _remember(self, name: str, value: int) -> None:
+        if name == "next_seq":
+            raise ValueError("next_seq is the outbox's own counter")
+        self._conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
 
     def recall(self, name: str) -> int | None:
         with self._lock:

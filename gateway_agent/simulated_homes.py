@@ -75,11 +75,11 @@ def run_simulated(
         now = datetime.now(UTC)
         replayed_until = outbox.recall(_REPLAYED_UNTIL)
         start = now - timedelta(days=history_days)
-        if replayed_until is not None:
-            start = max(start, datetime.fromtimestamp(replayed_until, UTC))
+        if replayed_until is not None:  # milliseconds of the last record already stored
+            start = max(start, datetime.fromtimestamp((replayed_until + 1) / 1000, UTC))
         if history_days > 0 and start < now:
             past = history(population, start=start, end=now, seed=seed, local_tz=agent.timezone)
-            for device, _patient, payload, _taken_at in home.samples(past):
+            for device, _patient, payload, taken_at in home.samples(past):
                 stored += len(
                     agent.accept(
                         devices[device.device_id],
@@ -87,9 +87,10 @@ def run_simulated(
                         payload,
                         received_at=now,
                         stored_record=True,
+                        remember=(_REPLAYED_UNTIL, int(taken_at.timestamp() * 1000)),
                     )
                 )
-            outbox.remember(_REPLAYED_UNTIL, int(now.timestamp()))
+            outbox.remember(_REPLAYED_UNTIL, int(now.timestamp() * 1000))
             log.info(
                 "replayed %d stored measurement(s) of %d simulated patient(s)", len(past), patients
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from carewatch_contract.messages import encode_reading_batch_json, parse_reading_batch
 from gateway_agent.outbox import Outbox
 from tests.unit.test_contract import NOW, a_reading
@@ -70,3 +72,16 @@ def test_undecodable_bytes_are_kept_for_inspection(tmp_path: Path) -> None:
     )
     assert outbox.undecodable() == [("C0:FF:EE:00:01:01", "2A35", "0102", "short")]
     assert outbox.pending_count() == 0
+
+
+def test_progress_is_remembered_with_the_readings_it_belongs_to(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path)
+    outbox.add([a_reading()], remember=("glucose_meter_last_record", 41))
+    outbox.add([], remember=("glucose_meter_last_record", 42))  # a record with no reading
+    outbox.close()
+    reopened = Outbox(path)
+    assert reopened.recall("glucose_meter_last_record") == 42
+    assert reopened.pending_count() == 1
+    with pytest.raises(ValueError, match="next_seq"):
+        reopened.remember("next_seq", 1)
