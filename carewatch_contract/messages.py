@@ -154,6 +154,8 @@ class GatewayStatus:
     software: str | None = None
     outbox_pending: int | None = None
     devices: tuple[DeviceStatus, ...] = ()
+    #: Conditions the care team's operators should see, e.g. "outbox_near_bound".
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +263,8 @@ def encode_status(status: GatewayStatus) -> bytes:
         body["software"] = status.software
     if status.outbox_pending is not None:
         body["outbox_pending"] = status.outbox_pending
+    if status.warnings:
+        body["warnings"] = list(status.warnings)
     body["devices"] = [
         {
             "id": d.device_id,
@@ -538,6 +542,13 @@ def parse_ack(payload: bytes) -> Ack:
     return Ack(_identifier(obj, "gateway_id", "ack"), tuple(committed), tuple(rejections))
 
 
+def _warnings(value: Any) -> tuple[str, ...]:
+    """Optional status warnings: short identifiers; anything else is dropped."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(w for w in value[:16] if isinstance(w, str) and GATEWAY_ID_PATTERN.fullmatch(w))
+
+
 def _count_or_none(value: Any, upper: int) -> int | None:
     """An optional informative count: kept when it is an integer in 0..upper, else dropped."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= upper:
@@ -579,6 +590,7 @@ def parse_status(payload: bytes) -> GatewayStatus:
         at=_timestamp(obj, "at", "status") if "at" in obj else None,
         software=_text(obj, "software", "status", 100) if "software" in obj else None,
         outbox_pending=_count_or_none(pending, 2**31 - 1),
+        warnings=_warnings(obj.get("warnings")),
         devices=tuple(devices),
     )
 

@@ -19,6 +19,8 @@ from carewatch_contract.broker import PROTOCOLS, BrokerEndpoint
 from carewatch_contract.messages import MAX_READINGS_PER_MESSAGE
 from carewatch_contract.topics import GATEWAY_ID_PATTERN
 
+OUTBOX_WARN_FRACTION = 0.8
+
 
 class SettingsError(ValueError):
     """A setting is missing or wrong; the message says which and what to do."""
@@ -39,6 +41,10 @@ class GatewaySettings:
     batch_size: int = 50
     resend_after_s: float = 30.0
     heartbeat_s: float = 60.0
+    #: The outbox's bound. Policy: every clinical reading is kept even beyond it (none is
+    #: ever dropped); from ``OUTBOX_WARN_FRACTION`` of it the gateway warns in its logs and in
+    #: its retained status, so that the care team learns the home is offline for long.
+    outbox_max_readings: int = 1_000_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -76,6 +82,7 @@ class GatewaySettings:
             batch_size=_batch_size(env),
             resend_after_s=_number(env, "GATEWAY_RESEND_AFTER_S", 30.0),
             heartbeat_s=_number(env, "GATEWAY_HEARTBEAT_S", 60.0),
+            outbox_max_readings=int(_number(env, "GATEWAY_OUTBOX_MAX_READINGS", 1_000_000)),
         )
 
 

@@ -37,7 +37,7 @@ from carewatch_contract.messages import (
 )
 from gateway_agent.agent import GatewayAgent
 from gateway_agent.outbox import Outbox
-from gateway_agent.settings import GatewaySettings
+from gateway_agent.settings import OUTBOX_WARN_FRACTION, GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,24 @@ class Uplink:
         self._client.loop_stop()
 
     def _status(self, state: GatewayState) -> bytes:
+        pending = self._outbox.pending_count()
+        warnings = outbox_warnings(pending, self._settings.outbox_max_readings)
+        if warnings:
+            log.warning(
+                "the outbox holds %d unacknowledged readings (bound %d): %s; none is dropped",
+                pending,
+                self._settings.outbox_max_readings,
+                ", ".join(warnings),
+            )
         return encode_status(
             GatewayStatus(
                 gateway_id=self._settings.gateway_id,
                 state=state,
                 at=datetime.now(UTC),
                 software=_software_version(),
-                outbox_pending=self._outbox.pending_count(),
+                outbox_pending=pending,
                 devices=self._agent.device_statuses(),
+                warnings=warnings,
             )
         )
 
@@ -204,6 +214,15 @@ class Uplink:
             )
             next_heartbeat = now + self._settings.heartbeat_s
         return next_heartbeat
+
+
+def outbox_warnings(pending: int, bound: int) -> tuple[str, ...]:
+    """The status warnings for an outbox holding ``pending`` readings under ``bound``."""
+    if pending > bound:
+        return ("outbox_over_bound",)
+    if pending >= OUTBOX_WARN_FRACTION * bound:
+        return ("outbox_near_bound",)
+    return ()
 
 
 def _software_version() -> str:

@@ -481,6 +481,7 @@ def _store_status(conn: psycopg.Connection, gateway_id: str, payload: bytes) -> 
     conn.execute(
         "UPDATE gateways SET state = %s, state_at = coalesce(%s, now()), software ="
         " coalesce(%s, software), outbox_pending = coalesce(%s, outbox_pending),"
+        " warnings = %s,"
         " last_seen_at = CASE WHEN %s = 'online' THEN now() ELSE last_seen_at END"
         " WHERE gateway_id = %s",
         (
@@ -488,6 +489,7 @@ def _store_status(conn: psycopg.Connection, gateway_id: str, payload: bytes) -> 
             status.at,
             status.software,
             status.outbox_pending,
+            list(status.warnings),
             str(status.state),
             gateway_id,
         ),

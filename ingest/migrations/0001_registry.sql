@@ -18,7 +18,8 @@ CREATE TABLE gateways (
     state_at     timestamptz,
     last_seen_at timestamptz,
     software     text,
-    outbox_pending integer
+    outbox_pending integer,
+    warnings     text[] NOT NULL DEFAULT '{}'  -- from the gateway's status, e.g. outbox_near_bound
 );
 
 -- A gateway may publish only for the patients bound to it (a home may have two).

@@ -64,9 +64,7 @@ class SecureBroker:
 
 
 def _run(*args: str) -> None:
-    result = subprocess.run(  # noqa: S603 - argv list, no shell
-        list(args), capture_output=True, text=True, timeout=60, check=False
-    )
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
         # Never echo the arguments: mosquitto_passwd -b gets a password on its command line.
         raise SecureBrokerError(
@@ -204,7 +202,7 @@ def secure_broker(start_timeout: float = 15.0) -> Iterator[SecureBroker]:
             port = free_port(HOST)
             config = _write_config(folder, port, account)
             with log_file.open("ab") as log_fh:
-                proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+                proc = subprocess.Popen(
                     [mosquitto, "-c", str(config)],
                     stdin=subprocess.DEVNULL,
                     stdout=log_fh,

@@ -323,7 +323,7 @@ class Processes:
 
     def start(self, name: str, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
         with (self.workdir / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            proc = subprocess.Popen(
                 [sys.executable, *args],
                 cwd=REPO,
                 env=env,
@@ -432,9 +432,11 @@ def test_gateway_and_ingest_run_over_tls_and_log_neither_secrets_nor_patient_dat
         "GATEWAY_OUTBOX_PATH": str(outbox_path),
         "GATEWAY_RESEND_AFTER_S": "5",
     }
-    enrolled = subprocess.run(  # noqa: S603 - argv list, no shell
-        [sys.executable, "-m", "ingest", "enroll-demo", "--gateway", gateway_id]
-        + ["--patients", "2", "--seed", "7"],
+    enrolled = subprocess.run(
+        [
+            *(sys.executable, "-m", "ingest", "enroll-demo"),
+            *("--gateway", gateway_id, "--patients", "2", "--seed", "7"),
+        ],
         cwd=REPO,
         env=server_env,
         capture_output=True,

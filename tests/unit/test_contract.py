@@ -16,13 +16,17 @@ from carewatch_contract.messages import (
     Ack,
     AckRejection,
     ContractError,
+    DeviceStatus,
     DeviceTime,
     DeviceType,
+    GatewayState,
+    GatewayStatus,
     Reading,
     ReadingBatch,
     TimeSource,
     encode_ack,
     encode_reading_batch,
+    encode_status,
     parse_ack,
     parse_inbox_message,
     parse_reading_batch,
@@ -293,3 +297,24 @@ def test_times_and_values_the_database_could_not_hold_are_rejected(
 
 def test_a_gateway_id_with_a_trailing_newline_is_refused() -> None:
     assert topics.gateway_id_from_topic("carewatch/v1/gateways/gw-1\n/readings") is None
+
+
+def test_status_round_trips_with_its_warnings() -> None:
+    status = GatewayStatus(
+        "gw-1",
+        GatewayState.ONLINE,
+        at=NOW,
+        software="carewatch-gateway/0.1.0",
+        outbox_pending=812_000,
+        devices=(DeviceStatus("C0:FF:EE:00:01:01", DeviceType.BLOOD_PRESSURE, NOW, 81),),
+        warnings=("outbox_near_bound",),
+    )
+    assert parse_status(encode_status(status)) == status
+
+
+def test_outbox_warnings_start_near_the_bound_and_nothing_is_dropped_past_it() -> None:
+    from gateway_agent.uplink import outbox_warnings
+
+    assert outbox_warnings(799, 1000) == ()
+    assert outbox_warnings(800, 1000) == ("outbox_near_bound",)
+    assert outbox_warnings(1001, 1000) == ("outbox_over_bound",)
