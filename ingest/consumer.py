@@ -273,7 +273,8 @@ class ReadingConsumer:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self._connected.clear()
-        log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
+        if not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); paho reconnects with backoff", reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
         self._deliveries.put(
