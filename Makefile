@@ -6,13 +6,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format clean-demo help
+.PHONY: demo test test-fast lint format bench clean-demo help
 
 help:
 	@echo "make demo   - run the pipeline with simulated homes; open the clinician workspace"
 	@echo "make test   - unit and integration tests against a real PostgreSQL and broker"
 	@echo "make lint   - ruff"
 	@echo "make test-fast - the tests that need no process-level setup"
+	@echo "make bench  - benchmarks: figures and ratios to the targets, in bench/results/"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CareWatch needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -39,6 +40,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 clean-demo:
 	rm -rf .carewatch
