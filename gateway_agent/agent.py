@@ -10,11 +10,13 @@ inspection and never published.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from typing import Any
 
 from carewatch_contract.ids import new_uuid7
 from carewatch_contract.messages import DeviceStatus, DeviceTime, Reading, TimeSource
@@ -169,7 +171,6 @@ class GatewayAgent:
         memory) stored atomically with the readings, or with nothing if the bytes are bad.
         """
         received_at = received_at or datetime.now(UTC)
-        self._seen(device, received_at)
         try:
             readings = build_readings(
                 device,
@@ -181,6 +182,7 @@ class GatewayAgent:
                 stored_record=stored_record,
             )
         except GattDecodeError as exc:
+            self._seen(device, received_at, with_value=False)
             log.warning(
                 "device %s sent an undecodable %s value (%d bytes): %s; kept for inspection",
                 device.device_id,
@@ -197,12 +199,17 @@ class GatewayAgent:
             if remember is not None:
                 self._outbox.remember(*remember)
             return []
-        stored = self._outbox.add(readings, remember=remember)
+        stored: list[Reading] = []
+        try:
+            stored = self._outbox.add(readings, remember=remember)
+        finally:  # heard from, even if storing failed; a "value" only when it gave new readings
+            self._seen(device, received_at, with_value=bool(stored))
         if stored and self._on_new_readings is not None:
             self._on_new_readings()
         return stored
 
     def record_battery(self, device: EnrolledDevice, percent: int) -> None:
+        """Keep the device's battery level, in memory (heartbeat) and in the outbox (status)."""
         with self._lock:
             current = self._devices.get(device.device_id)
             self._devices[device.device_id] = DeviceStatus(
@@ -211,12 +218,14 @@ class GatewayAgent:
                 current.last_seen if current else None,
                 max(0, min(100, percent)),
             )
+        self._persist(self._outbox.record_battery, device.device_id, percent)
 
     def device_statuses(self) -> tuple[DeviceStatus, ...]:
         with self._lock:
             return tuple(self._devices.values())
 
-    def _seen(self, device: EnrolledDevice, at: datetime) -> None:
+    def _seen(self, device: EnrolledDevice, at: datetime, *, with_value: bool) -> None:
+        """The device was heard from at ``at``; ``with_value``: its value gave readings."""
         with self._lock:
             current = self._devices.get(device.device_id)
             self._devices[device.device_id] = DeviceStatus(
@@ -225,3 +234,16 @@ class GatewayAgent:
                 at,
                 current.battery_percent if current else None,
             )
+        self._persist(self._outbox.record_device_seen, device.device_id, at, with_value=with_value)
+
+    @staticmethod
+    def _persist(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Write a device's status to the outbox; a failure is logged, never raised.
+
+        The status only feeds ``python -m gateway_agent status``: it must never keep a
+        clinical reading from being stored (which would fail and raise on its own).
+        """
+        try:
+            write(*args, **kwargs)
+        except sqlite3.Error as exc:
+            log.warning("could not record a device's status: %s", exc)

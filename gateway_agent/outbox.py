@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from carewatch_contract.messages import Reading, encode_reading
@@ -57,7 +58,23 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counters (name, value) VALUES ('next_seq', 1);
+CREATE TABLE IF NOT EXISTS device_status (
+    device_id       TEXT PRIMARY KEY,
+    last_seen       REAL,                 -- gateway time the device was last heard from
+    last_value_at   REAL,                 -- gateway time of its last value with readings
+    battery_percent INTEGER
+);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatusRow:
+    """What the gateway last knew of one device (times in seconds since the epoch)."""
+
+    device_id: str
+    last_seen: float | None
+    last_value_at: float | None
+    battery_percent: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +265,45 @@ class Outbox:
                 "SELECT value FROM counters WHERE name = ?", (name,)
             ).fetchone()
         return None if row is None else int(row[0])
+
+    def record_device_seen(self, device_id: str, at: datetime, *, with_value: bool) -> None:
+        """Remember that ``device_id`` was heard from at ``at`` (gateway time).
+
+        ``with_value``: it sent a value that gave readings, so ``at`` is also its last reading
+        time. Times only move forward: an older ``at`` than the one stored changes nothing.
+        """
+        seen = at.timestamp()
+        value_at = seen if with_value else None
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO device_status (device_id, last_seen, last_value_at)"
+                " VALUES (?, ?, ?)"
+                " ON CONFLICT (device_id) DO UPDATE SET"
+                " last_seen = max(coalesce(last_seen, excluded.last_seen), excluded.last_seen),"
+                " last_value_at = CASE WHEN excluded.last_value_at IS NULL THEN last_value_at"
+                " ELSE max(coalesce(last_value_at, excluded.last_value_at),"
+                " excluded.last_value_at) END",
+                (device_id, seen, value_at),
+            )
+
+    def record_battery(self, device_id: str, percent: int) -> None:
+        """Remember a device's battery level (clamped to 0-100)."""
+        level = max(0, min(100, int(percent)))
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO device_status (device_id, battery_percent) VALUES (?, ?)"
+                " ON CONFLICT (device_id) DO UPDATE SET battery_percent = excluded.battery_percent",
+                (device_id, level),
+            )
+
+    def device_status_rows(self) -> dict[str, DeviceStatusRow]:
+        """Every device's remembered status, by device id (as the device ids were recorded)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT device_id, last_seen, last_value_at, battery_percent FROM device_status"
+                " ORDER BY device_id"
+            ).fetchall()
+        return {row[0]: DeviceStatusRow(*row) for row in rows}
 
     def accepted_count(self) -> int:
         """How many readings this outbox has ever accepted (its next sequence number - 1)."""
