@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -66,32 +67,67 @@ def run_bluetooth(
     uplink = Uplink(settings, outbox, agent)
     uplink.start()
     log.info("reading %d enrolled device(s) every %g s", len(devices), cycle_s)
-    stored = 0
-    cycle = 0
     try:
-        while not stop.is_set():
-            cycle += 1
-            started = time.monotonic()
-            devices = _reload(registry_path, devices)
-            if devices:
-                results = asyncio.run(
-                    _until_stopped(
-                        read_devices(devices, agent, backend=backends, progress=outbox), stop
-                    )
-                )
-                if results is None:
-                    log.info("cycle %d: stopped while reading", cycle)
-                    break
-                _record_seen(outbox, results)
-                stored += sum(r.readings for r in results)
-                log.info("cycle %d: %s", cycle, summarize(results, time.monotonic() - started))
-            else:
-                log.info("cycle %d: no devices enrolled (python -m gateway_agent enroll)", cycle)
-            stop.wait(max(0.0, cycle_s - (time.monotonic() - started)))
+        # One event loop for the whole run: the Bluetooth stack's state lives on it.
+        return asyncio.run(
+            read_cycles(
+                agent,
+                outbox,
+                registry_path=registry_path,
+                devices=devices,
+                stop=stop,
+                cycle_s=cycle_s,
+                backends=backends,
+            )
+        )
     finally:
         uplink.stop()
         outbox.close()
+
+
+async def read_cycles(
+    agent: GatewayAgent,
+    outbox: Outbox,
+    *,
+    registry_path: Path,
+    devices: list[EnrolledDevice],
+    stop: threading.Event,
+    cycle_s: float,
+    backends: BleBackends | None,
+    max_cycles: int | None = None,
+    **read_options: float,
+) -> int:
+    """The gateway's read loop on the running event loop: each cycle reloads the registry and
+    reads every enrolled device once, until ``stop`` (or ``max_cycles``). Returns how many
+    readings it stored. ``read_options`` go to :func:`read_devices` (timeouts)."""
+    stored = 0
+    cycle = 0
+    while not stop.is_set() and (max_cycles is None or cycle < max_cycles):
+        cycle += 1
+        started = time.monotonic()
+        devices = _reload(registry_path, devices)
+        if devices:
+            results = await _until_stopped(
+                read_devices(devices, agent, backend=backends, progress=outbox, **read_options),
+                stop,
+            )
+            if results is None:
+                log.info("cycle %d: stopped while reading", cycle)
+                break
+            _record_seen(outbox, results)
+            stored += sum(r.readings for r in results)
+            log.info("cycle %d: %s", cycle, summarize(results, time.monotonic() - started))
+        else:
+            log.info("cycle %d: no devices enrolled (python -m gateway_agent enroll)", cycle)
+        if max_cycles is None or cycle < max_cycles:
+            await _sleep_unless_stopped(cycle_s - (time.monotonic() - started), stop)
     return stored
+
+
+async def _sleep_unless_stopped(seconds: float, stop: threading.Event) -> None:
+    deadline = time.monotonic() + max(0.0, seconds)
+    while not stop.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(min(STOP_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
 def summarize(results: Sequence[ReadResult], elapsed_s: float) -> str:
@@ -126,7 +162,7 @@ def _record_seen(outbox: Outbox, results: Sequence[ReadResult]) -> None:
         if result.outcome in _SEEN_OUTCOMES or result.values > 0:
             try:
                 outbox.record_device_seen(result.device_id, now, with_value=False)
-            except Exception as exc:  # status only; never stops the gateway
+            except sqlite3.Error as exc:  # status only; never stops the gateway
                 log.warning("could not record a device's status: %s", exc)
 
 

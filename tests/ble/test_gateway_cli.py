@@ -32,7 +32,7 @@ from gateway_agent.ble.bumble_backend import VirtualAir
 from gateway_agent.ble.profiles import PROFILES
 from gateway_agent.ble.transport import read_devices
 from gateway_agent.ble.virtual_devices import VirtualBloodPressureCuff, VirtualPeripheral
-from gateway_agent.ble_runner import run_bluetooth
+from gateway_agent.ble_runner import read_cycles, run_bluetooth
 from gateway_agent.outbox import Outbox
 from gateway_agent.registry import enroll, load_registry
 from gateway_agent.scan import SERVICE_NAMES, scan_health_devices
@@ -325,3 +325,44 @@ def test_run_bluetooth_cycles_reloads_the_registry_and_stops(
     assert not runner.is_alive()
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert not any("p-secret" in m for m in info)
+
+
+def test_the_gateways_read_loop_reads_an_enrolled_virtual_cuff_into_the_outbox(
+    paths: tuple[Path, Path],
+) -> None:
+    """The loop ``run`` drives, on one event loop, against a device on the virtual air."""
+    registry, outbox_path = paths
+    enroll(
+        registry,
+        address=CUFF_ADDRESS,
+        device_type=DeviceType.BLOOD_PRESSURE,
+        patient_id="patient-1",
+    )
+    outbox = Outbox(outbox_path)
+    agent = GatewayAgent(outbox)
+
+    async def test(air: VirtualAir) -> None:
+        await air.add(
+            VirtualBloodPressureCuff(CUFF_ADDRESS, [CUFF_VALUE], disconnect_when_done=True)
+        )
+        stored = await read_cycles(
+            agent,
+            outbox,
+            registry_path=registry,
+            devices=load_registry(registry),
+            stop=threading.Event(),
+            cycle_s=0.1,
+            backends=BACKEND,
+            max_cycles=1,
+            scan_timeout_s=2.0,
+            connect_timeout_s=2.0,
+            idle_timeout_s=0.3,
+        )
+        assert stored == 4
+
+    try:
+        run(test)
+        assert outbox.pending_count() == 4
+        assert outbox.device_status_rows()[CUFF_ADDRESS].last_value_at is not None
+    finally:
+        outbox.close()
