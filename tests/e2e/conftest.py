@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -31,6 +32,15 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@dataclass(frozen=True)
+class DeliveryCounts:
+    accepted: int  # readings the gateway ever put in its outbox
+    pending: int  # still in the outbox, unacknowledged
+    rows: int  # rows in the readings table
+    distinct: int  # distinct reading ids in it
+    gaps: int  # breaks in the gateway's sequence numbers among the rows
 
 
 @dataclass
@@ -103,7 +113,27 @@ class Pipeline:
             (value,) = conn.execute(sql).fetchone()
         return int(value)
 
-    def db_value(self, sql: str) -> object:
+    def delivery_counts(self) -> DeliveryCounts:
+        """What the gateway accepted against what the database holds."""
+        return DeliveryCounts(
+            accepted=self.outbox("SELECT value - 1 FROM counters WHERE name = 'next_seq'"),
+            pending=self.outbox("SELECT count(*) FROM outbox"),
+            rows=int(self.db_value("SELECT count(*) FROM readings")),
+            distinct=int(self.db_value("SELECT count(DISTINCT reading_id) FROM readings")),
+            gaps=int(
+                self.db_value(
+                    "SELECT count(*) FROM (SELECT gateway_seq - lag(gateway_seq)"
+                    " OVER (ORDER BY gateway_seq) AS step FROM readings) s WHERE step <> 1"
+                )
+            ),
+        )
+
+    def drained(self) -> bool:
+        """The outbox is empty and every reading it ever accepted is in the database."""
+        counts = self.delivery_counts()
+        return counts.pending == 0 and counts.accepted == counts.rows
+
+    def db_value(self, sql: str) -> Any:
         with psycopg.connect(self.database_url) as conn:
             row = conn.execute(sql).fetchone()
         assert row is not None

@@ -109,21 +109,11 @@ def test_ingest_killed_and_restarted_while_the_gateway_publishes_loses_and_doubl
         time.sleep(1.0)
         pipeline.start_ingest()
 
-    def drained() -> bool:
-        accepted = pipeline.outbox("SELECT value - 1 FROM counters WHERE name = 'next_seq'")
-        pending = pipeline.outbox("SELECT count(*) FROM outbox")
-        return pending == 0 and accepted == pipeline.db_value("SELECT count(*) FROM readings")
-
     wait_until(lambda: "live measurements done" in pipeline.log("gateway"), 120, "the live stream")
-    wait_until(drained, 120, "the gateway's outbox to drain into the database")
+    wait_until(pipeline.drained, 120, "the gateway's outbox to drain into the database")
     time.sleep(3)  # let any late redelivery arrive: it must not add a row
-    accepted = pipeline.outbox("SELECT value - 1 FROM counters WHERE name = 'next_seq'")
-    rows = pipeline.db_value("SELECT count(*) FROM readings")
-    distinct = pipeline.db_value("SELECT count(DISTINCT reading_id) FROM readings")
-    gaps = pipeline.db_value(
-        "SELECT count(*) FROM (SELECT gateway_seq - lag(gateway_seq) OVER (ORDER BY gateway_seq)"
-        " AS step FROM readings) s WHERE step <> 1"
-    )
+    counts = pipeline.delivery_counts()
+    accepted, rows, distinct, gaps = counts.accepted, counts.rows, counts.distinct, counts.gaps
     print(f"{accepted} readings accepted by the gateway, {rows} rows, {distinct} distinct ids")
     assert accepted > 500
     assert rows == distinct == accepted
@@ -185,20 +175,9 @@ def test_gateway_killed_during_bursts_keeps_its_outbox_sound_and_loses_nothing(
     pipeline.start("gateway", *args[:-2], "--rate", "60", "--live-readings", "100")
     wait_until(lambda: "live measurements done" in pipeline.log("gateway"), 120, "the last stream")
 
-    def drained() -> bool:
-        accepted = pipeline.outbox("SELECT value - 1 FROM counters WHERE name = 'next_seq'")
-        return pipeline.outbox("SELECT count(*) FROM outbox") == 0 and accepted == (
-            pipeline.db_value("SELECT count(*) FROM readings")
-        )
-
-    wait_until(drained, 120, "the outbox to drain after the kills")
-    accepted = pipeline.outbox("SELECT value - 1 FROM counters WHERE name = 'next_seq'")
-    rows = pipeline.db_value("SELECT count(*) FROM readings")
-    distinct = pipeline.db_value("SELECT count(DISTINCT reading_id) FROM readings")
-    gaps = pipeline.db_value(
-        "SELECT count(*) FROM (SELECT gateway_seq - lag(gateway_seq) OVER (ORDER BY gateway_seq)"
-        " AS step FROM readings) s WHERE step <> 1"
-    )
+    wait_until(pipeline.drained, 120, "the outbox to drain after the kills")
+    counts = pipeline.delivery_counts()
+    accepted, rows, distinct, gaps = counts.accepted, counts.rows, counts.distinct, counts.gaps
     print(
         f"4 gateway kills with {in_flight_at_kill} readings unacked at each: {accepted} readings"
         f" accepted, {rows} rows, {distinct} distinct ids"
