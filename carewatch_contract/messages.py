@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -126,7 +126,10 @@ class AckRejection:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Sent by ingest after the readings are committed (or quarantined for good)."""
+    """Sent by ingest after the readings are committed (or quarantined for good).
+
+    ``committed`` names reading ids, and also the ``receipt_id`` / ``request_id`` of inbox
+    receipts and follow-up requests once they are stored."""
 
     gateway_id: str
     committed: tuple[str, ...]
@@ -160,10 +163,14 @@ class GatewayStatus:
 
 @dataclass(frozen=True, slots=True)
 class InboxMessage:
+    """A clinician's message for a patient, shown on the gateway's page."""
+
     message_id: str
     sent_at: datetime
     sender: str
     text: str
+    #: The patient it is for; None = everyone the gateway serves (e.g. a one-person home).
+    patient_id: str | None = None
 
 
 class ReceiptState(StrEnum):
@@ -176,6 +183,29 @@ class InboxReceipt:
     message_id: str
     state: ReceiptState
     at: datetime
+    #: The gateway's id for this receipt; ingest names it in an ack once stored.
+    receipt_id: str | None = None
+
+
+class FollowUpKind(StrEnum):
+    CALL_BACK = "call_back"
+
+
+MAX_NOTE_LENGTH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpRequest:
+    """A patient's request to the care team, made on the gateway's page (e.g. "call me")."""
+
+    request_id: str
+    gateway_id: str
+    patient_id: str
+    kind: FollowUpKind
+    at: datetime
+    note: str | None = None
+    #: The inbox message the patient was answering, if any.
+    in_reply_to: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +316,7 @@ def encode_inbox_message(message: InboxMessage) -> bytes:
             "sender": message.sender,
             "text": message.text,
         }
+        | ({} if message.patient_id is None else {"patient_id": message.patient_id})
     )
 
 
@@ -297,7 +328,24 @@ def encode_receipt(receipt: InboxReceipt) -> bytes:
             "state": str(receipt.state),
             "at": _iso(receipt.at),
         }
+        | ({} if receipt.receipt_id is None else {"receipt_id": receipt.receipt_id})
     )
+
+
+def encode_follow_up_request(request: FollowUpRequest) -> bytes:
+    body: dict[str, Any] = {
+        "v": VERSION,
+        "request_id": request.request_id,
+        "gateway_id": request.gateway_id,
+        "patient_id": request.patient_id,
+        "kind": str(request.kind),
+        "at": _iso(request.at),
+    }
+    if request.note is not None:
+        body["note"] = request.note
+    if request.in_reply_to is not None:
+        body["in_reply_to"] = request.in_reply_to
+    return _dumps(body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,7 +579,7 @@ def parse_ack(payload: bytes) -> Ack:
     committed = _field(obj, "committed", list, "ack")
     rejected = _field(obj, "rejected", list, "ack")
     if not all(isinstance(i, str) for i in committed):
-        raise ContractError("bad_field", "ack: committed must be a list of reading ids")
+        raise ContractError("bad_field", "ack: committed must be a list of ids")
     rejections = []
     for item in rejected:
         if not isinstance(item, dict):
@@ -602,6 +650,7 @@ def parse_inbox_message(payload: bytes) -> InboxMessage:
         sent_at=_timestamp(obj, "sent_at", "inbox"),
         sender=_text(obj, "sender", "inbox", 200),
         text=_text(obj, "text", "inbox"),
+        patient_id=_optional(obj, "patient_id", "inbox", _identifier),
     )
 
 
@@ -615,4 +664,32 @@ def parse_receipt(payload: bytes) -> InboxReceipt:
         message_id=_identifier(obj, "message_id", "receipt"),
         state=state,
         at=_timestamp(obj, "at", "receipt"),
+        receipt_id=_optional(obj, "receipt_id", "receipt", _uuid),
     )
+
+
+def parse_follow_up_request(payload: bytes) -> FollowUpRequest:
+    obj = _load_object(payload)
+    try:
+        kind = FollowUpKind(_field(obj, "kind", str, "request"))
+    except ValueError:
+        raise ContractError("bad_field", "request: unknown kind") from None
+    note = obj.get("note")
+    return FollowUpRequest(
+        request_id=_uuid(obj, "request_id", "request"),
+        gateway_id=_identifier(obj, "gateway_id", "request"),
+        patient_id=_identifier(obj, "patient_id", "request"),
+        kind=kind,
+        at=_timestamp(obj, "at", "request"),
+        note=None if note is None else _text(obj, "note", "request", MAX_NOTE_LENGTH),
+        in_reply_to=_optional(obj, "in_reply_to", "request", _identifier),
+    )
+
+
+def _optional(
+    obj: dict[str, Any], name: str, where: str, parse: Callable[[dict[str, Any], str, str], str]
+) -> str | None:
+    """An optional field: absent or null is None, anything else must parse."""
+    if obj.get(name) is None:
+        return None
+    return parse(obj, name, where)

@@ -12,7 +12,11 @@ topic           direction            QoS    retained   payload
 ``status``      gateway -> server    1      yes        :class:`GatewayStatus` (also the last will)
 ``inbox``       server -> gateway    1      no         :class:`InboxMessage`
 ``receipts``    gateway -> server    1      no         :class:`InboxReceipt`
+``requests``    gateway -> server    1      no         :class:`FollowUpRequest`
 ==============  ===================  =====  =========  ============================================
+
+Receipts and requests are kept by the gateway until an ack names their ``receipt_id`` /
+``request_id`` in ``committed``, exactly as readings are.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ ACKS = "acks"
 STATUS = "status"
 INBOX = "inbox"
 RECEIPTS = "receipts"
+REQUESTS = "requests"
 
 #: A gateway id is also a topic level and an MQTT user name, so it is kept to a safe alphabet.
 GATEWAY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

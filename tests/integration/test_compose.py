@@ -68,6 +68,7 @@ INGEST_ACL = {
     ("read", f"$share/ingest/{PREFIX}/+/readings"),
     ("read", f"{PREFIX}/+/status"),
     ("read", f"{PREFIX}/+/receipts"),
+    ("read", f"{PREFIX}/+/requests"),
     ("write", f"{PREFIX}/+/acks"),
     ("write", f"{PREFIX}/+/inbox"),
 }
@@ -75,6 +76,7 @@ GATEWAY_PATTERNS = {
     ("write", f"{PREFIX}/%u/readings"),
     ("write", f"{PREFIX}/%u/status"),
     ("write", f"{PREFIX}/%u/receipts"),
+    ("write", f"{PREFIX}/%u/requests"),
     ("read", f"{PREFIX}/%u/acks"),
     ("read", f"{PREFIX}/%u/inbox"),
 }

@@ -19,15 +19,24 @@ from carewatch_contract.messages import (
     DeviceStatus,
     DeviceTime,
     DeviceType,
+    FollowUpKind,
+    FollowUpRequest,
     GatewayState,
     GatewayStatus,
+    InboxMessage,
+    InboxReceipt,
     Reading,
     ReadingBatch,
+    ReceiptState,
     TimeSource,
     encode_ack,
+    encode_follow_up_request,
+    encode_inbox_message,
     encode_reading_batch,
+    encode_receipt,
     encode_status,
     parse_ack,
+    parse_follow_up_request,
     parse_inbox_message,
     parse_reading_batch,
     parse_receipt,
@@ -164,6 +173,45 @@ def test_ack_round_trips() -> None:
     assert parse_ack(encode_ack(ack)) == ack
 
 
+@pytest.mark.parametrize("patient_id", [None, "pt-1"])
+def test_inbox_message_round_trips_with_or_without_a_patient(patient_id: str | None) -> None:
+    message = InboxMessage(new_uuid7(), NOW, "Dr Okafor", "Please retake your BP.", patient_id)
+    assert parse_inbox_message(encode_inbox_message(message)) == message
+
+
+@pytest.mark.parametrize("receipt_id", [None, new_uuid7()])
+def test_receipt_round_trips_with_or_without_its_id(receipt_id: str | None) -> None:
+    receipt = InboxReceipt(new_uuid7(), ReceiptState.READ, NOW, receipt_id)
+    assert parse_receipt(encode_receipt(receipt)) == receipt
+
+
+def test_follow_up_request_round_trips() -> None:
+    request = FollowUpRequest(
+        new_uuid7(), "gw-1", "pt-1", FollowUpKind.CALL_BACK, NOW, "after 5 pm", new_uuid7()
+    )
+    assert parse_follow_up_request(encode_follow_up_request(request)) == request
+    bare = FollowUpRequest(new_uuid7(), "gw-1", "pt-1", FollowUpKind.CALL_BACK, NOW)
+    assert parse_follow_up_request(encode_follow_up_request(bare)) == bare
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"kind": "visit_me"}, "bad_field"),
+        ({"request_id": "not-a-uuid"}, "bad_field"),
+        ({"note": "x" * 501}, "bad_field"),
+        ({"patient_id": ""}, "bad_field"),
+        ({"at": "2026-11-29T07:30:00"}, "bad_time"),
+    ],
+)
+def test_a_malformed_follow_up_request_is_refused(change: dict[str, object], reason: str) -> None:
+    request = FollowUpRequest(new_uuid7(), "gw-1", "pt-1", FollowUpKind.CALL_BACK, NOW)
+    body = json.loads(encode_follow_up_request(request)) | change
+    with pytest.raises(ContractError) as refused:
+        parse_follow_up_request(json.dumps(body).encode())
+    assert refused.value.reason == reason
+
+
 def test_topics_carry_the_version_and_the_gateway() -> None:
     topic = topics.gateway_topic("gw-1", topics.READINGS)
     assert topic == "carewatch/v1/gateways/gw-1/readings"
@@ -223,6 +271,11 @@ FIELD_NAMES = st.sampled_from(
         "text",
         "battery_percent",
         "last_seen",
+        "receipt_id",
+        "request_id",
+        "kind",
+        "note",
+        "in_reply_to",
     ]
 )
 
@@ -235,7 +288,14 @@ def mutated_reading() -> st.SearchStrategy[dict[str, object]]:
     )
 
 
-PARSERS = [parse_reading_batch, parse_ack, parse_status, parse_inbox_message, parse_receipt]
+PARSERS = [
+    parse_reading_batch,
+    parse_ack,
+    parse_status,
+    parse_inbox_message,
+    parse_receipt,
+    parse_follow_up_request,
+]
 
 
 @settings(max_examples=300, deadline=None)
