@@ -4,6 +4,9 @@
 the URL, but separate settings are better: a URL is easily logged. :meth:`BrokerEndpoint.redacted`
 is the only form that may be logged.
 
+Over TLS a client may also prove who it is with a client certificate (``cert_file`` and
+``key_file``, PEM) instead of, or besides, a password; see :func:`make_client`.
+
 paho is imported inside :func:`make_client`, so the contract package stays free of
 dependencies.
 """
@@ -61,6 +64,8 @@ def make_client(
     username: str | None = None,
     password: str | None = None,
     ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
     manual_ack: bool = False,
     persistent_session: bool = True,
 ) -> mqtt.Client:
@@ -68,9 +73,22 @@ def make_client(
 
     A persistent session keeps the subscription and the unacknowledged QoS 1 messages on the
     broker while the client is away, which is what makes redelivery after a crash possible.
+
+    ``cert_file`` (the client certificate, with any intermediates after it) and ``key_file``
+    (its unencrypted private key), both PEM, make the client present a certificate in the TLS
+    handshake; ``key_file`` may be left out when ``cert_file`` holds the key too. Both are
+    read here, so a missing or mismatched file fails now rather than at connect. They need
+    TLS (``mqtts://``): a ValueError otherwise.
     """
     import paho.mqtt.client as mqtt
 
+    if key_file and not cert_file:
+        raise ValueError("a client key_file needs its cert_file (the client certificate)")
+    if cert_file and not endpoint.tls:
+        raise ValueError(
+            "a client certificate needs TLS: use an mqtts:// URL "
+            f"(got {endpoint.redacted()}), or leave out the certificate and key"
+        )
     if protocol not in PROTOCOLS:
         raise ValueError(f"MQTT protocol must be one of {PROTOCOLS}, got {protocol!r}")
     version = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
@@ -89,7 +107,12 @@ def make_client(
     if user:
         client.username_pw_set(user, secret)
     if endpoint.tls:
-        client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_set(
+            ca_certs=ca_file,
+            certfile=cert_file or None,
+            keyfile=key_file or None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     client.max_inflight_messages_set(100)
     client.max_queued_messages_set(0)  # 0 = unbounded; the gateway's outbox bounds what it sends

@@ -7,21 +7,51 @@ inspection). Nothing is ever dropped silently: a kill -9 at any moment leaves ei
 measurement or none of it, and an unacked reading is published again after a reconnect or
 after ``resend_after_s``.
 
-One connection, used under a lock: the paho network thread (acks) and the publishing loop
-share it. Gateway rates are a few readings a minute, so contention is not a concern.
+Besides readings it keeps what the patient's page needs: the clinicians' messages (with when
+each was read), the patient's recent readings (the last :data:`HISTORY_LIMIT`, also once
+acknowledged), and the follow-up requests they made. Inbox receipts and follow-up requests
+wait in ``outgoing`` and, like readings, leave it only when ingest's ack names them.
+
+One connection, used under a lock: the paho network thread (acks), the publishing loop, the
+Bluetooth loop and the patient's page share it. Gateway rates are a few readings a minute, so
+contention is not a concern.
+
+Replay after an outage: :meth:`Outbox.take_due` serves readings accepted since the link came
+back (``live_since``) before the backlog, and the backlog oldest first, so a reading taken
+now is sent in the next batch however long the backlog is.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
-from carewatch_contract.messages import Reading, encode_reading
+from carewatch_contract.ids import new_uuid7
+from carewatch_contract.messages import (
+    ContractError,
+    FollowUpRequest,
+    InboxMessage,
+    InboxReceipt,
+    Reading,
+    ReceiptState,
+    encode_follow_up_request,
+    encode_inbox_message,
+    encode_reading,
+    encode_receipt,
+    parse_follow_up_request,
+    parse_inbox_message,
+    parse_reading,
+)
+from carewatch_contract.topics import RECEIPTS, REQUESTS
+
+HISTORY_LIMIT = 500
+"""How many of the latest readings the patient's page can show (kept after their ack)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -33,6 +63,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (sent_at, seq);
+CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_at);
+CREATE TABLE IF NOT EXISTS history (
+    seq         INTEGER PRIMARY KEY,      -- the reading's sequence number
+    patient_id  TEXT NOT NULL,
+    body        TEXT NOT NULL             -- the reading as contract JSON
+);
+CREATE TABLE IF NOT EXISTS outgoing (
+    item_id     TEXT PRIMARY KEY,         -- receipt_id / request_id: what ingest's ack names
+    topic       TEXT NOT NULL,            -- the contract topic kind: receipts | requests
+    body        TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    sent_at     REAL                      -- NULL = due now
+);
+CREATE TABLE IF NOT EXISTS follow_ups (
+    request_id   TEXT PRIMARY KEY,
+    patient_id   TEXT NOT NULL,
+    body         TEXT NOT NULL,           -- the request as contract JSON
+    requested_at REAL NOT NULL,
+    confirmed_at REAL                     -- when ingest's ack said the care team has it
+);
 CREATE TABLE IF NOT EXISTS rejected_readings (
     reading_id  TEXT PRIMARY KEY,
     reason      TEXT NOT NULL,
@@ -84,6 +134,29 @@ class PendingReading:
     body: str
 
 
+@dataclass(frozen=True, slots=True)
+class OutgoingItem:
+    """A receipt or follow-up request waiting for ingest's ack."""
+
+    item_id: str
+    topic: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInboxMessage:
+    message: InboxMessage
+    received_at: datetime
+    read_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFollowUp:
+    request: FollowUpRequest
+    confirmed_at: datetime | None
+    """None while the request has not reached the care team yet."""
+
+
 class Outbox:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,10 +202,19 @@ class Outbox:
                     "SELECT value FROM counters WHERE name = 'next_seq'"
                 ).fetchone()
                 numbered = [_with_seq(r, first + i) for i, r in enumerate(readings)]
+                bodies = [(r, encode_reading(r)) for r in numbered]
                 self._conn.executemany(
                     "INSERT INTO outbox (seq, reading_id, body, created_at) VALUES (?, ?, ?, ?)",
-                    [(r.seq, r.reading_id, encode_reading(r), now) for r in numbered],
+                    [(r.seq, r.reading_id, body, now) for r, body in bodies],
                 )
+                self._conn.executemany(
+                    "INSERT INTO history (seq, patient_id, body) VALUES (?, ?, ?)",
+                    [(r.seq, r.patient_id, body) for r, body in bodies],
+                )
+                if numbered:
+                    self._conn.execute(
+                        "DELETE FROM history WHERE seq <= ?", (numbered[-1].seq - HISTORY_LIMIT,)
+                    )
                 self._conn.execute(
                     "UPDATE counters SET value = ? WHERE name = 'next_seq'",
                     (first + len(numbered),),
@@ -145,18 +227,50 @@ class Outbox:
                 raise
         return numbered
 
-    def take_due(self, *, limit: int, resend_after_s: float) -> list[PendingReading]:
-        """The oldest readings due for publishing (never sent since the last connect, or sent
-        longer ago than ``resend_after_s`` without an ack), marked as sent now."""
+    def take_due(
+        self,
+        *,
+        limit: int,
+        resend_after_s: float,
+        live_since: float | None = None,
+        max_in_flight: int | None = None,
+    ) -> list[PendingReading]:
+        """Readings due for publishing (never sent since the last connect, or sent longer ago
+        than ``resend_after_s`` without an ack), marked as sent now.
+
+        ``live_since`` (epoch seconds, normally when the link came back): readings accepted
+        since then come first, then the backlog, each in sequence order. ``max_in_flight``:
+        take no more than keeps that many readings sent and not yet acknowledged (flow
+        control: what is not taken stays here, not in the MQTT client's memory).
+        """
         now = time.time()
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                rows = self._conn.execute(
-                    "SELECT seq, reading_id, body FROM outbox"
-                    " WHERE sent_at IS NULL OR sent_at < ? ORDER BY seq LIMIT ?",
-                    (now - resend_after_s, limit),
-                ).fetchall()
+                if max_in_flight is not None:
+                    (in_flight,) = self._conn.execute(
+                        "SELECT count(*) FROM outbox WHERE sent_at >= ?", (now - resend_after_s,)
+                    ).fetchone()
+                    limit = min(limit, max(0, max_in_flight - in_flight))
+                rows = []
+                if live_since is not None and limit > 0:
+                    rows = self._conn.execute(
+                        "SELECT seq, reading_id, body FROM outbox"
+                        " WHERE (sent_at IS NULL OR sent_at < ?) AND created_at >= ?"
+                        " ORDER BY seq LIMIT ?",
+                        (now - resend_after_s, live_since, limit),
+                    ).fetchall()
+                if len(rows) < limit:
+                    taken = {row[0] for row in rows}
+                    rows += [
+                        row
+                        for row in self._conn.execute(
+                            "SELECT seq, reading_id, body FROM outbox"
+                            " WHERE sent_at IS NULL OR sent_at < ? ORDER BY seq LIMIT ?",
+                            (now - resend_after_s, limit),
+                        ).fetchall()
+                        if row[0] not in taken
+                    ][: limit - len(rows)]
                 self._conn.executemany(
                     "UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE seq = ?",
                     [(now, row[0]) for row in rows],
@@ -171,11 +285,37 @@ class Outbox:
         """After a (re)connect everything unacked is due again at once."""
         with self._lock:
             self._conn.execute("UPDATE outbox SET sent_at = NULL WHERE sent_at IS NOT NULL")
+            self._conn.execute("UPDATE outgoing SET sent_at = NULL WHERE sent_at IS NOT NULL")
+
+    def take_outgoing_due(self, *, resend_after_s: float) -> list[OutgoingItem]:
+        """Receipts and follow-up requests due for publishing, oldest first, marked sent."""
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._conn.execute(
+                    "SELECT item_id, topic, body FROM outgoing"
+                    " WHERE sent_at IS NULL OR sent_at < ? ORDER BY created_at, item_id",
+                    (now - resend_after_s,),
+                ).fetchall()
+                self._conn.executemany(
+                    "UPDATE outgoing SET sent_at = ? WHERE item_id = ?",
+                    [(now, row[0]) for row in rows],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return [OutgoingItem(*row) for row in rows]
 
     def acknowledge(
         self, committed: Iterable[str], rejected: Iterable[tuple[str, str]] = ()
     ) -> int:
-        """Remove committed readings; move rejected ones aside. Returns how many left."""
+        """Remove committed readings; move rejected ones aside. Returns how many readings left.
+
+        Receipts and follow-up requests named in the ack leave ``outgoing`` too (a request
+        is then marked as confirmed); a rejected one is logged by the caller and dropped.
+        """
         committed = list(committed)
         rejected = list(rejected)
         now = time.time()
@@ -200,6 +340,18 @@ class Outbox:
                         f"DELETE FROM outbox WHERE reading_id IN ({marks})",  # noqa: S608 - placeholders only
                         chunk,
                     ).rowcount
+                    self._conn.execute(
+                        f"DELETE FROM outgoing WHERE item_id IN ({marks})",  # noqa: S608 - placeholders only
+                        chunk,
+                    )
+                    self._conn.execute(
+                        f"UPDATE follow_ups SET confirmed_at = ? WHERE request_id IN ({marks})"  # noqa: S608 - placeholders only
+                        " AND confirmed_at IS NULL",
+                        [now, *chunk],
+                    )
+                self._conn.executemany(
+                    "DELETE FROM outgoing WHERE item_id = ?", [(item,) for item, _ in rejected]
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -236,14 +388,125 @@ class Outbox:
                 "SELECT reading_id, reason FROM rejected_readings ORDER BY rejected_at"
             ).fetchall()
 
-    def store_inbox_message(self, message_id: str, body: str) -> bool:
-        """Keep a clinician's message for the patient; False when it was already here."""
+    # -- the patient's page: messages, recent readings, follow-up requests ------------------
+
+    def store_inbox_message(self, message: InboxMessage) -> bool:
+        """Keep a clinician's message for the patient and queue its ``delivered`` receipt, in
+        one transaction. False when it was already here (a redelivery: nothing new queued)."""
+        now = time.time()
         with self._lock:
-            cursor = self._conn.execute(
-                "INSERT OR IGNORE INTO inbox (message_id, body, received_at) VALUES (?, ?, ?)",
-                (message_id, body, time.time()),
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                stored = self._conn.execute(
+                    "INSERT OR IGNORE INTO inbox (message_id, body, received_at) VALUES (?, ?, ?)",
+                    (message.message_id, encode_inbox_message(message).decode(), now),
+                ).rowcount
+                if stored:
+                    self._queue_receipt(message.message_id, ReceiptState.DELIVERED, now)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return stored == 1
+
+    def mark_read(self, message_id: str) -> bool:
+        """The patient confirmed they read a message: remember when and queue a ``read``
+        receipt, in one transaction. False when unknown or already read."""
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = self._conn.execute(
+                    "UPDATE inbox SET read_at = ? WHERE message_id = ? AND read_at IS NULL",
+                    (now, message_id),
+                ).rowcount
+                if changed:
+                    self._queue_receipt(message_id, ReceiptState.READ, now)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return changed == 1
+
+    def _queue_receipt(self, message_id: str, state: ReceiptState, now: float) -> None:
+        receipt = InboxReceipt(message_id, state, _utc(now), receipt_id=new_uuid7())
+        self._conn.execute(
+            "INSERT INTO outgoing (item_id, topic, body, created_at) VALUES (?, ?, ?, ?)",
+            (receipt.receipt_id, RECEIPTS, encode_receipt(receipt).decode(), now),
+        )
+
+    def inbox_messages(self) -> list[StoredInboxMessage]:
+        """Every message kept for the patient, newest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT body, received_at, read_at FROM inbox ORDER BY received_at DESC"
+            ).fetchall()
+        messages = []
+        for body, received_at, read_at in rows:
+            try:
+                message = parse_inbox_message(body.encode())
+            except ContractError:
+                continue  # stored by an older version in another shape: not shown
+            messages.append(
+                StoredInboxMessage(
+                    message, _utc(received_at), None if read_at is None else _utc(read_at)
+                )
             )
-        return cursor.rowcount == 1
+        return messages
+
+    def request_follow_up(self, request: FollowUpRequest) -> None:
+        """Keep the patient's request and queue it for the care team, in one transaction."""
+        body = encode_follow_up_request(request).decode()
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "INSERT INTO follow_ups (request_id, patient_id, body, requested_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (request.request_id, request.patient_id, body, now),
+                )
+                self._conn.execute(
+                    "INSERT INTO outgoing (item_id, topic, body, created_at) VALUES (?, ?, ?, ?)",
+                    (request.request_id, REQUESTS, body, now),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def follow_ups(self, patient_id: str | None = None) -> list[StoredFollowUp]:
+        """The follow-up requests made here (of one patient, or all), newest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT body, confirmed_at FROM follow_ups"
+                " WHERE ? IS NULL OR patient_id = ? ORDER BY requested_at DESC",
+                (patient_id, patient_id),
+            ).fetchall()
+        return [
+            StoredFollowUp(
+                parse_follow_up_request(body.encode()),
+                None if confirmed is None else _utc(confirmed),
+            )
+            for body, confirmed in rows
+        ]
+
+    def recent_readings(self, patient_id: str | None = None, limit: int = 50) -> list[Reading]:
+        """The latest readings taken here (of one patient, or all), newest first; they stay
+        available after ingest has acknowledged them (up to :data:`HISTORY_LIMIT`)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT body FROM history WHERE ? IS NULL OR patient_id = ?"
+                " ORDER BY seq DESC LIMIT ?",
+                (patient_id, patient_id, limit),
+            ).fetchall()
+        readings = []
+        for (body,) in rows:
+            try:
+                readings.append(parse_reading(json.loads(body)))
+            except (ContractError, ValueError):
+                continue  # e.g. a reading an older version stored in another shape
+        return readings
 
     def remember(self, name: str, value: int) -> None:
         """Keep a small named number across restarts (e.g. how far a replay got)."""
@@ -317,3 +580,7 @@ class Outbox:
 
 def _with_seq(reading: Reading, seq: int) -> Reading:
     return replace(reading, seq=seq)
+
+
+def _utc(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, UTC)

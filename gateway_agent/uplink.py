@@ -5,7 +5,13 @@
 - A retained ``status`` message says ``online`` on connect; the last will says ``offline``
   when the connection drops without a goodbye.
 - Readings leave the outbox only when an ack names them (see :mod:`gateway_agent.outbox`).
-- Messages for the patient arrive on ``inbox``; each is stored, then receipted ``delivered``.
+- Flow control: at most ``max_in_flight`` readings are sent and unacknowledged at any time;
+  the rest wait in the outbox (not in paho's memory). Readings taken since the link came
+  back go before the backlog, so a days-long backlog replays in order, as fast as ingest
+  acknowledges, while a new reading is sent within one batch.
+- Messages for the patient arrive on ``inbox``; each is stored with its ``delivered``
+  receipt queued in the same transaction. Receipts and the patient's follow-up requests are
+  published from the outbox until ingest's ack names them.
 """
 
 from __future__ import annotations
@@ -26,11 +32,7 @@ from carewatch_contract.messages import (
     ContractError,
     GatewayState,
     GatewayStatus,
-    InboxReceipt,
-    ReceiptState,
-    encode_inbox_message,
     encode_reading_batch_json,
-    encode_receipt,
     encode_status,
     parse_ack,
     parse_inbox_message,
@@ -56,7 +58,7 @@ class Uplink:
         self._topic_status = topics.gateway_topic(gid, topics.STATUS)
         self._topic_acks = topics.gateway_topic(gid, topics.ACKS)
         self._topic_inbox = topics.gateway_topic(gid, topics.INBOX)
-        self._topic_receipts = topics.gateway_topic(gid, topics.RECEIPTS)
+        self._live_since: float | None = None
         self._client = make_client(
             settings.mqtt,
             client_id=f"carewatch-gw-{gid}",
@@ -64,6 +66,8 @@ class Uplink:
             username=settings.mqtt_username,
             password=settings.mqtt_password,
             ca_file=settings.mqtt_ca_file,
+            cert_file=settings.mqtt_cert_file,
+            key_file=settings.mqtt_key_file,
             persistent_session=True,
         )
         self._client.will_set(
@@ -140,6 +144,7 @@ class Uplink:
         client.subscribe([(self._topic_acks, 1), (self._topic_inbox, 1)])
         client.publish(self._topic_status, self._status(GatewayState.ONLINE), qos=1, retain=True)
         self._outbox.mark_all_due()
+        self._live_since = time.time()
         self._connected.set()
         self._wake.set()
         log.info("gateway connected; %d reading(s) pending", self._outbox.pending_count())
@@ -158,17 +163,15 @@ class Uplink:
                 )
                 for rejection in ack.rejected:
                     log.warning(
-                        "ingest rejected reading %s (%s); kept aside in the outbox",
+                        "ingest rejected %s (%s); a reading is kept aside in the outbox",
                         rejection.reading_id,
                         rejection.reason,
                     )
+                self._wake.set()  # room in the window: send more
             elif message.topic == self._topic_inbox:
-                inbox = parse_inbox_message(message.payload)
-                self._outbox.store_inbox_message(
-                    inbox.message_id, encode_inbox_message(inbox).decode()
-                )
-                receipt = InboxReceipt(inbox.message_id, ReceiptState.DELIVERED, datetime.now(UTC))
-                client.publish(self._topic_receipts, encode_receipt(receipt), qos=1)
+                if self._outbox.store_inbox_message(parse_inbox_message(message.payload)):
+                    log.info("a message for the patient arrived")
+                self._wake.set()  # publish its receipt
         except ContractError as exc:
             log.warning("ignoring a malformed message on %s: %s", message.topic, exc.reason)
         except sqlite3.Error as exc:
@@ -197,9 +200,15 @@ class Uplink:
     def _publish_due(self, next_heartbeat: float) -> float:
         """Publish every due reading, in order, and the heartbeat when it is time; return
         the time of the next heartbeat."""
+        for item in self._outbox.take_outgoing_due(resend_after_s=self._settings.resend_after_s):
+            topic = topics.gateway_topic(self._settings.gateway_id, item.topic)
+            self._client.publish(topic, item.body.encode(), qos=1)
         while not self._stop.is_set() and self.connected:
             due = self._outbox.take_due(
-                limit=self._settings.batch_size, resend_after_s=self._settings.resend_after_s
+                limit=self._settings.batch_size,
+                resend_after_s=self._settings.resend_after_s,
+                live_since=self._live_since,
+                max_in_flight=self._settings.max_in_flight,
             )
             if not due:
                 break

@@ -139,6 +139,11 @@ class Pipeline:
         assert row is not None
         return row[0]
 
+    def db_values(self, sql: str, *params: object) -> list[Any]:
+        """The first column of every row."""
+        with psycopg.connect(self.database_url) as conn:
+            return [row[0] for row in conn.execute(sql, params)]
+
     def stop_all(self) -> None:
         for name in list(self.processes):
             self.kill(name, signal.SIGTERM)

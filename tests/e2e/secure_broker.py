@@ -1,11 +1,22 @@
 """A Mosquitto locked down like production, for the broker security tests (not a test module).
 
-- one TLS listener on a free port of 127.0.0.1, with a server certificate for ``127.0.0.1``
-  (subjectAltName ``IP:127.0.0.1``) signed by a throw-away test CA made with ``openssl``;
-  a second, unrelated CA is made too, for clients that trust the wrong authority;
+- a TLS listener on a free port of 127.0.0.1 where clients log in with a password, with a
+  server certificate for ``127.0.0.1`` (subjectAltName ``IP:127.0.0.1``) signed by a
+  throw-away test CA made with ``openssl``; a second, unrelated CA is made too, for clients
+  that trust the wrong authority;
+- a second TLS listener on its own free port, same server certificate, where clients log in
+  with a client certificate instead: ``require_certificate true`` (no certificate signed by
+  the test CA, no connection) and ``use_identity_as_username true`` (the certificate's CN is
+  the user name the ACL sees; any user name or password the client sends is ignored there).
+  Client certificates are made for ``CN=gw-a`` and ``CN=gw-b`` by the test CA, and one for
+  ``CN=gw-a`` by the wrong CA;
 - ``allow_anonymous false`` and a password file made with ``mosquitto_passwd -b`` for the
   logins ``gw-a``, ``gw-b`` and ``ingest``, each with a random password;
 - the project's own ACL, ``deploy/mosquitto/acl``, copied next to the password file.
+
+``per_listener_settings false``: ``allow_anonymous``, the password file and the ACL are global,
+so they hold on both listeners (on the certificate listener the password file is not consulted:
+the certificate is the login, see mosquitto.conf(5), ``use_identity_as_username``).
 
 Everything lives in a folder from :func:`tempfile.mkdtemp` (not pytest's ``tmp_path``, which
 is 0700 under root). Started as root, Mosquitto drops to the ``mosquitto`` account before it
@@ -37,6 +48,7 @@ from tests.conftest import REPO
 
 HOST = "127.0.0.1"
 USERS = ("gw-a", "gw-b", "ingest")
+CERT_USERS = ("gw-a", "gw-b")  # client certificates from the test CA, CN = the gateway id
 ACL_SOURCE = REPO / "deploy" / "mosquitto" / "acl"
 _SBIN_DIRS = "/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin"
 _PORT_ATTEMPTS = 3
@@ -47,15 +59,27 @@ class SecureBrokerError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ClientCert:
+    """A client certificate (PEM) and its unencrypted private key (PEM, mode 0600)."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
 class SecureBroker:
     """Where the locked-down broker listens and what a client needs to reach it."""
 
-    url: str  # mqtts://127.0.0.1:PORT
+    url: str  # mqtts://127.0.0.1:PORT, the password listener
     host: str
     port: int
-    ca_file: str  # the CA that signed the broker's certificate
+    cert_url: str  # mqtts://127.0.0.1:CERT_PORT, the client-certificate listener
+    cert_port: int
+    ca_file: str  # the CA that signed the broker's certificate and the client certificates
     wrong_ca_file: str  # an unrelated CA: trusting only it must fail the handshake
     passwords: dict[str, str] = field(repr=False)  # login -> password
+    client_certs: dict[str, ClientCert]  # gateway id (the CN) -> its certificate, by the CA
+    wrong_ca_client_cert: ClientCert  # CN=gw-a, but signed by the wrong CA
     folder: Path
     log_file: Path
 
@@ -109,6 +133,28 @@ def _make_server_cert(folder: Path, ca_key: Path, ca_cert: Path) -> tuple[Path, 
     return key, cert
 
 
+def _make_client_cert(folder: Path, ca_key: Path, ca_cert: Path, cn: str, name: str) -> ClientCert:
+    key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.crt"
+    ext = folder / f"{name}.ext"
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=clientAuth\n"
+        "subjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    _run(
+        "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}",
+    )  # fmt: skip
+    _run(
+        "openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-set_serial", str(secrets.randbits(63)), "-days", "2", "-sha256",
+        "-extfile", str(ext), "-out", str(cert),
+    )  # fmt: skip
+    return ClientCert(cert_file=str(cert), key_file=str(key))
+
+
 def _make_password_file(folder: Path, passwords: dict[str, str]) -> Path:
     tool = shutil.which("mosquitto_passwd") or shutil.which("mosquitto_passwd", path=_SBIN_DIRS)
     if tool is None:
@@ -132,37 +178,53 @@ def _broker_account() -> pwd.struct_passwd | None:
     return None
 
 
-def _write_config(folder: Path, port: int, account: pwd.struct_passwd | None) -> Path:
+def _write_config(
+    folder: Path, port: int, cert_port: int, account: pwd.struct_passwd | None
+) -> Path:
     config = folder / "mosquitto.conf"
+    tls = [
+        f"cafile {folder / 'ca.crt'}",
+        f"certfile {folder / 'server.crt'}",
+        f"keyfile {folder / 'server.key'}",
+    ]
     lines = [
         "# Generated by tests/e2e/secure_broker.py: the production rules over TLS.",
+        "# Global (per_listener_settings false): no anonymous login, the ACL, on every listener.",
         "per_listener_settings false",
         "allow_anonymous false",
         f"password_file {folder / 'passwd'}",
         f"acl_file {folder / 'acl'}",
         "persistence false",
-        f"listener {port} {HOST}",
-        "protocol mqtt",
-        f"cafile {folder / 'ca.crt'}",
-        f"certfile {folder / 'server.crt'}",
-        f"keyfile {folder / 'server.key'}",
-        "require_certificate false",
         "log_dest stderr",
         "log_type error",
         "log_type warning",
         "log_type notice",
         "log_type information",
         "connection_messages true",
+        *([f"user {account.pw_name}"] if account is not None else []),
+        "# Gateways and ingest with a password.",
+        f"listener {port} {HOST}",
+        "protocol mqtt",
+        *tls,
+        "require_certificate false",
+        "# Gateways with a client certificate from the CA; its CN is the user name.",
+        f"listener {cert_port} {HOST}",
+        "protocol mqtt",
+        *tls,
+        "require_certificate true",
+        "use_identity_as_username true",
     ]
-    if account is not None:
-        lines.append(f"user {account.pw_name}")
     config.write_text("\n".join(lines) + "\n")
     return config
 
 
-def _tls_accepts(port: int, ca_file: Path, timeout: float = 1.0) -> bool:
+def _tls_accepts(
+    port: int, ca_file: Path, client: ClientCert | None = None, timeout: float = 1.0
+) -> bool:
     """True once a TLS handshake with the broker succeeds (verifying its certificate)."""
     context = ssl.create_default_context(cafile=str(ca_file))
+    if client is not None:
+        context.load_cert_chain(client.cert_file, client.key_file)
     try:
         with (
             socket.create_connection((HOST, port), timeout=timeout) as raw,
@@ -184,7 +246,13 @@ def secure_broker(start_timeout: float = 15.0) -> Iterator[SecureBroker]:
     try:
         ca_key, ca_cert = _make_ca(folder, "ca")
         _make_server_cert(folder, ca_key, ca_cert)
-        _, wrong_ca_cert = _make_ca(folder, "wrong-ca")
+        wrong_ca_key, wrong_ca_cert = _make_ca(folder, "wrong-ca")
+        client_certs = {
+            cn: _make_client_cert(folder, ca_key, ca_cert, cn, f"client-{cn}") for cn in CERT_USERS
+        }
+        wrong_ca_client_cert = _make_client_cert(
+            folder, wrong_ca_key, wrong_ca_cert, "gw-a", "client-gw-a-wrong-ca"
+        )
         passwords = {user: secrets.token_urlsafe(18) for user in USERS}
         _make_password_file(folder, passwords)
         shutil.copyfile(ACL_SOURCE, folder / "acl")
@@ -200,7 +268,10 @@ def secure_broker(start_timeout: float = 15.0) -> Iterator[SecureBroker]:
         log_file = folder / "mosquitto.log"
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             port = free_port(HOST)
-            config = _write_config(folder, port, account)
+            cert_port = free_port(HOST)
+            while cert_port == port:
+                cert_port = free_port(HOST)
+            config = _write_config(folder, port, cert_port, account)
             with log_file.open("ab") as log_fh:
                 proc = subprocess.Popen(
                     [mosquitto, "-c", str(config)],
@@ -210,10 +281,13 @@ def secure_broker(start_timeout: float = 15.0) -> Iterator[SecureBroker]:
                     start_new_session=True,
                 )
             deadline = time.monotonic() + start_timeout
-            while proc.poll() is None and not _tls_accepts(port, ca_cert):
+            while proc.poll() is None and not (
+                _tls_accepts(port, ca_cert)
+                and _tls_accepts(cert_port, ca_cert, client_certs[CERT_USERS[0]])
+            ):
                 if time.monotonic() > deadline:
                     raise SecureBrokerError(
-                        f"mosquitto did not accept TLS on {HOST}:{port} within "
+                        f"mosquitto did not accept TLS on {HOST}:{port} and {cert_port} within "
                         f"{start_timeout:.0f} s; log:\n{log_file.read_text(errors='replace')}"
                     )
                 time.sleep(0.05)
@@ -228,9 +302,13 @@ def secure_broker(start_timeout: float = 15.0) -> Iterator[SecureBroker]:
             url=f"mqtts://{HOST}:{port}",
             host=HOST,
             port=port,
+            cert_url=f"mqtts://{HOST}:{cert_port}",
+            cert_port=cert_port,
             ca_file=str(ca_cert),
             wrong_ca_file=str(wrong_ca_cert),
             passwords=passwords,
+            client_certs=client_certs,
+            wrong_ca_client_cert=wrong_ca_client_cert,
             folder=folder,
             log_file=log_file,
         )

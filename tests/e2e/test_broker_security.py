@@ -1,6 +1,7 @@
 """Issue 3, part 6: per-gateway credentials, TLS with CA verification, the production ACL.
 
-Against a Mosquitto started with TLS, a password file and ``deploy/mosquitto/acl``
+Against a Mosquitto started with TLS, a password file and ``deploy/mosquitto/acl``, with a
+second TLS listener where a client certificate from the CA is the login (its CN the user name)
 (:mod:`tests.e2e.secure_broker`), through the project's own client factory
 (:func:`carewatch_contract.broker.make_client`) and then the real gateway and ingest processes:
 
@@ -8,10 +9,15 @@ Against a Mosquitto started with TLS, a password file and ``deploy/mosquitto/acl
 - a client that does not trust the broker's CA (or reaches it under a name its certificate
   does not carry) fails the TLS handshake before it sends any credentials;
 - gateway A can neither publish as gateway B, nor read B's acks and inbox, nor forge them;
-- gateway and ingest work end to end over TLS with their own logins, and neither logs (nor
-  writes back) a password or any patient data.
+- on the certificate listener, no certificate or one from another CA is refused in the TLS
+  handshake, and gateway A's certificate confines it to A whatever user name it claims; a
+  certificate alone is no login on the password listener;
+- gateway and ingest work end to end over TLS with their own logins (the gateway with a
+  password or with a client certificate), and neither logs (nor writes back) a password, a
+  private key or any patient data; a gateway whose key file others can read does not start.
 
-(That ``MQTT_PASSWORD_FILE`` must be 0600 is proven in tests/unit/test_gateway_settings.py.)
+(That ``MQTT_PASSWORD_FILE`` and ``MQTT_KEY_FILE`` must be 0600 is proven in
+tests/unit/test_gateway_settings.py too.)
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from devstack.ports import free_port
 from gateway_agent.simulator.population import build_population
 from tests.conftest import REPO
 from tests.e2e.conftest import wait_until
-from tests.e2e.secure_broker import SecureBroker, secure_broker
+from tests.e2e.secure_broker import ClientCert, SecureBroker, secure_broker
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker]
 
@@ -74,6 +80,7 @@ class Session:
     messages: list[tuple[str, bytes]] = field(default_factory=list)
     pubacks: dict[int, ReasonCode] = field(default_factory=dict)
     subacks: dict[int, list[ReasonCode]] = field(default_factory=dict)
+    disconnects: int = 0
 
     def _wait(self, what: str, done: Callable[[], bool], timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -96,11 +103,18 @@ class Session:
                 self.subacks[mid] = codes
             elif kind == "message":
                 self.messages.append(value)  # type: ignore[arg-type]
+            elif kind == "disconnect":
+                self.disconnects += 1
 
     def wait_connack(self) -> ReasonCode:
         self._wait("a CONNACK", lambda: self.connack is not None)
         assert self.connack is not None
         return self.connack
+
+    def wait_dropped_without_connack(self) -> None:
+        """The broker closed the connection before any CONNACK: refused below MQTT (TLS)."""
+        self._wait("the connection to drop", lambda: self.disconnects > 0)
+        assert self.connack is None, f"the broker answered CONNECT with {self.connack}"
 
     def subscribe(self, *topic_filters: str) -> list[ReasonCode]:
         result, mid = self.client.subscribe([(f, 1) for f in topic_filters])
@@ -140,9 +154,10 @@ def _close_leaked_sockets(traceback: TracebackType | None) -> None:
 
 @pytest.fixture
 def connect(secure: SecureBroker) -> Iterator[Connect]:
-    """``connect(username, password, ca_file=..., host=...)``: a client made by the project's
-    ``make_client``, connected (the TLS handshake runs inside ``connect``) with its network
-    loop running; every session is disconnected at the end of the test."""
+    """``connect(username, password, ca_file=..., host=..., port=..., cert=...)``: a client made
+    by the project's ``make_client``, connected (the TLS handshake runs inside ``connect``) with
+    its network loop running; every session is disconnected at the end of the test. ``cert``
+    is a client certificate to present, ``port`` the listener (default: the password one)."""
     sessions: list[Session] = []
 
     def _connect(
@@ -151,14 +166,18 @@ def connect(secure: SecureBroker) -> Iterator[Connect]:
         *,
         ca_file: str | None = secure.ca_file,
         host: str = secure.host,
+        port: int = secure.port,
+        cert: ClientCert | None = None,
     ) -> Session:
-        endpoint = BrokerEndpoint.from_url(f"mqtts://{host}:{secure.port}")
+        endpoint = BrokerEndpoint.from_url(f"mqtts://{host}:{port}")
         client = make_client(
             endpoint,
             client_id=f"security-test-{username or 'anonymous'}-{uuid.uuid4().hex[:8]}",
             username=username,
             password=password,
             ca_file=ca_file,
+            cert_file=cert.cert_file if cert else None,
+            key_file=cert.key_file if cert else None,
             persistent_session=False,
         )
         session = Session(client)
@@ -170,6 +189,7 @@ def connect(secure: SecureBroker) -> Iterator[Connect]:
         client.on_message = lambda c, u, msg: session.events.put(
             ("message", (msg.topic, msg.payload))
         )
+        client.on_disconnect = lambda c, u, flags, rc, props: session.events.put(("disconnect", rc))
         try:
             client.connect(endpoint.host, endpoint.port, keepalive=30)
         except ssl.SSLError as exc:
@@ -320,7 +340,78 @@ def test_gateway_a_cannot_forge_acks_or_inbox_messages_for_gateway_b(
     assert gw_b.settle(QUIET_S) == [(topic("gw-b", topics.ACKS), b"genuine " + marker)]
 
 
-# -- 4. the real gateway and ingest over TLS ------------------------------------------------
+# -- 4. client certificates: the certificate is the login ----------------------------------
+
+
+def test_a_gateway_with_its_certificate_is_let_in_and_its_readings_arrive(
+    connect: Connect, secure: SecureBroker
+) -> None:
+    ingest = connect("ingest", secure.passwords["ingest"])
+    assert not ingest.wait_connack().is_failure
+    assert not ingest.subscribe(topics.all_gateways(topics.READINGS))[0].is_failure
+    log_size = len(secure.log())
+    gw_a = connect(None, None, port=secure.cert_port, cert=secure.client_certs["gw-a"])
+    assert not gw_a.wait_connack().is_failure
+    marker = secrets.token_hex(4).encode()
+
+    assert not gw_a.publish(topic("gw-a", topics.READINGS), b"genuine " + marker).is_failure
+
+    ingest.wait_message(topic("gw-a", topics.READINGS), b"genuine " + marker)
+    # No user name was sent: the broker took it from the certificate's CN.
+    assert "u'gw-a')" in secure.log()[log_size:]
+
+
+@pytest.mark.parametrize("claimed", [None, "gw-b"], ids=["no-user-name", "claims-gw-b"])
+def test_gateway_as_certificate_confines_it_to_gw_a_whatever_user_name_it_sends(
+    connect: Connect, secure: SecureBroker, claimed: str | None
+) -> None:
+    ingest = connect("ingest", secure.passwords["ingest"])
+    assert not ingest.wait_connack().is_failure
+    assert not ingest.subscribe(topics.all_gateways(topics.READINGS))[0].is_failure
+    password = secure.passwords["gw-b"] if claimed else None  # even with B's own password
+    gw_a = connect(claimed, password, port=secure.cert_port, cert=secure.client_certs["gw-a"])
+    assert not gw_a.wait_connack().is_failure
+    marker = secrets.token_hex(4).encode()
+
+    forged = gw_a.publish(topic("gw-b", topics.READINGS), b"forged " + marker)
+    genuine = gw_a.publish(topic("gw-a", topics.READINGS), b"genuine " + marker)
+
+    assert forged.value == NOT_AUTHORIZED, forged
+    assert not genuine.is_failure, genuine
+    ingest.wait_message(topic("gw-a", topics.READINGS), b"genuine " + marker)
+    assert ingest.settle(QUIET_S) == [(topic("gw-a", topics.READINGS), b"genuine " + marker)]
+
+
+@pytest.mark.parametrize(
+    ("case", "broker_error"),
+    [
+        pytest.param("no-certificate", "peer did not return a certificate", id="no-certificate"),
+        pytest.param("wrong-ca", "certificate verify failed", id="certificate-from-wrong-ca"),
+    ],
+)
+def test_the_certificate_listener_refuses_clients_without_a_certificate_from_the_ca(
+    connect: Connect, secure: SecureBroker, case: str, broker_error: str
+) -> None:
+    """Refused in the TLS handshake, before MQTT: a valid password does not help there."""
+    log_size = len(secure.log())
+    if case == "no-certificate":
+        session = connect("gw-a", secure.passwords["gw-a"], port=secure.cert_port)
+    else:
+        session = connect(None, None, port=secure.cert_port, cert=secure.wrong_ca_client_cert)
+    session.wait_dropped_without_connack()
+    wait_until(lambda: broker_error in secure.log()[log_size:], 5, f"the broker's {broker_error!r}")
+    assert "u'gw-a'" not in secure.log()[log_size:]
+
+
+def test_a_certificate_alone_is_no_login_on_the_password_listener(
+    connect: Connect, secure: SecureBroker
+) -> None:
+    session = connect("gw-a", None, cert=secure.client_certs["gw-a"])
+    connack = session.wait_connack()
+    assert connack.value == NOT_AUTHORIZED, connack
+
+
+# -- 5. the real gateway and ingest over TLS ------------------------------------------------
 
 
 @dataclass
@@ -426,15 +517,34 @@ def _outbox_value(path: Path, sql: str) -> int:
     return int(value)
 
 
+def _copy_client_cert(cert: ClientCert, folder: Path, key_mode: int = 0o600) -> tuple[Path, Path]:
+    """The gateway's certificate and key as an installer lays them out, key mode ``key_mode``."""
+    cert_file, key_file = folder / "gw-a.crt", folder / "gw-a.key"
+    cert_file.write_bytes(Path(cert.cert_file).read_bytes())
+    key_file.write_bytes(Path(cert.key_file).read_bytes())
+    key_file.chmod(key_mode)
+    return cert_file, key_file
+
+
+def _pem_body_lines(pem: str) -> list[str]:
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")]
+
+
 @pytest.mark.db
+@pytest.mark.parametrize("login", ["password", "certificate"])
 def test_gateway_and_ingest_run_over_tls_and_log_neither_secrets_nor_patient_data(
-    secure: SecureBroker, fresh_database: str, processes: Processes, tmp_path: Path
+    secure: SecureBroker, fresh_database: str, processes: Processes, tmp_path: Path, login: str
 ) -> None:
+    """The gateway logs in with its password file, or with its client certificate on the
+    certificate listener (``MQTT_CERT_FILE``/``MQTT_KEY_FILE``, no password at all)."""
     gateway_id = "gw-a"
     password_file = tmp_path / "gw-a.mqtt-password"
     password_file.write_text(secure.passwords[gateway_id] + "\n")
     password_file.chmod(0o600)
+    cert_file, key_file = _copy_client_cert(secure.client_certs[gateway_id], tmp_path)
+    key_pem = key_file.read_text()
     outbox_path = tmp_path / "outbox.sqlite"
+    broker_log_start = len(secure.log())  # the broker serves the whole module
     base = _clean_environment()
     server_env = {
         **base,
@@ -449,12 +559,19 @@ def test_gateway_and_ingest_run_over_tls_and_log_neither_secrets_nor_patient_dat
     }
     gateway_env = {
         **base,
-        "GATEWAY_ID": gateway_id,  # also its MQTT user name
-        "MQTT_URL": secure.url,
+        "GATEWAY_ID": gateway_id,  # also its MQTT user name, and its certificate's CN
         "MQTT_CA_FILE": secure.ca_file,
-        "MQTT_PASSWORD_FILE": str(password_file),
         "GATEWAY_OUTBOX_PATH": str(outbox_path),
         "GATEWAY_RESEND_AFTER_S": "5",
+        **(
+            {"MQTT_URL": secure.url, "MQTT_PASSWORD_FILE": str(password_file)}
+            if login == "password"
+            else {
+                "MQTT_URL": secure.cert_url,
+                "MQTT_CERT_FILE": str(cert_file),
+                "MQTT_KEY_FILE": str(key_file),
+            }
+        ),
     }
     enrolled = subprocess.run(
         [
@@ -532,15 +649,34 @@ def test_gateway_and_ingest_run_over_tls_and_log_neither_secrets_nor_patient_dat
     logs = {name: processes.log(name) for name in ("gateway", "ingest")}
     assert "gateway connected" in logs["gateway"]
     assert "MQTT connected" in logs["ingest"]
-    # Secrets: in no log, not in the gateway's outbox, and the password file is left alone.
+    # The broker logged the gateway in through the listener of its login, as gw-a.
+    broker_log = secure.log()[broker_log_start:]
+    gateway_port = secure.port if login == "password" else secure.cert_port
+    logins = re.findall(
+        rf"New client connected from [\d.]+:(\d+) as carewatch-gw-{gateway_id} "
+        rf"\(.*u'{gateway_id}'\)",
+        broker_log,
+    )
+    assert logins, "the broker never logged the gateway in"
+    assert all(
+        f"New connection from {secure.host}:{client_port} on port {gateway_port}." in broker_log
+        for client_port in logins
+    ), "the gateway logged in through the other listener"
+    # Secrets: in no log, not in the gateway's outbox, and the secret files are left alone.
+    key_lines = _pem_body_lines(key_pem)
+    outbox_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("outbox.sqlite*"))
     for name, text in [*logs.items(), ("broker", secure.log())]:
         for user, password in secure.passwords.items():
             assert password not in text, f"{user}'s MQTT password is in the {name} log"
-    outbox_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("outbox.sqlite*"))
+        assert not any(line in text for line in key_lines), f"the private key in the {name} log"
     for user, password in secure.passwords.items():
         assert password.encode() not in outbox_bytes, f"{user}'s password is in the outbox"
+    assert not any(line.encode() in outbox_bytes for line in key_lines), "the key in the outbox"
     assert password_file.read_text() == secure.passwords[gateway_id] + "\n"
     assert password_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.read_text() == key_pem
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert cert_file.read_bytes() == Path(secure.client_certs[gateway_id].cert_file).read_bytes()
     # Patient data: no name, patient id, phone number or birth date in any log line.
     population = build_population(patients=2, seed=7)
     identifying = {
@@ -558,3 +694,36 @@ def test_gateway_and_ingest_run_over_tls_and_log_neither_secrets_nor_patient_dat
             for value, what in identifying.items():
                 assert value not in line, f"{what} in the {name} log: {line}"
             assert not re.search(r"\bpt-\d{4}\b", line), f"a patient id in the {name} log: {line}"
+
+
+def test_a_gateway_whose_key_file_others_can_read_does_not_start(
+    secure: SecureBroker, tmp_path: Path
+) -> None:
+    cert_file, key_file = _copy_client_cert(secure.client_certs["gw-a"], tmp_path, 0o644)
+    log_size = len(secure.log())
+    env = {
+        **_clean_environment(),
+        "GATEWAY_ID": "gw-a",
+        "MQTT_URL": secure.cert_url,
+        "MQTT_CA_FILE": secure.ca_file,
+        "MQTT_CERT_FILE": str(cert_file),
+        "MQTT_KEY_FILE": str(key_file),
+        "GATEWAY_OUTBOX_PATH": str(tmp_path / "outbox.sqlite"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway_agent", "run", "--simulate", "--patients", "1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"MQTT_KEY_FILE {key_file} is readable by others; run: chmod 600 {key_file}" in (
+        result.stderr
+    )
+    output = result.stdout + result.stderr
+    assert not any(line in output for line in _pem_body_lines(key_file.read_text()))
+    assert key_file.stat().st_mode & 0o777 == 0o644  # reported, not changed behind one's back
+    assert "New connection" not in secure.log()[log_size:]  # it never reached the broker

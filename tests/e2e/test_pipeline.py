@@ -8,11 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from carewatch_contract.messages import TimeSource
+from gateway_agent.outbox import Outbox
 from tests.conftest import REPO
 from tests.e2e.conftest import Pipeline, wait_until
+from tests.unit.test_contract import a_reading
 
 pytestmark = [pytest.mark.slow, pytest.mark.db, pytest.mark.broker]
 
@@ -186,3 +190,73 @@ def test_gateway_killed_during_bursts_keeps_its_outbox_sound_and_loses_nothing(
     assert max(in_flight_at_kill) > 0  # the kills did hit readings in flight
     assert rows == distinct == accepted
     assert gaps == 0
+
+
+def test_after_days_offline_the_backlog_replays_in_order_and_live_readings_go_first(
+    pipeline: Pipeline,
+) -> None:
+    """A home offline for days: its backlog is sent oldest first, while a reading taken
+    after the link came back reaches the database long before the backlog is through."""
+    enroll(pipeline, patients=4)
+    patients = pipeline.db_values(
+        "SELECT patient_id FROM gateway_patients WHERE gateway_id = %s ORDER BY patient_id",
+        pipeline.gateway_id,
+    )
+    backlog = 30_000
+    now = datetime.now(UTC)
+    outbox = Outbox(pipeline.outbox_path)
+    for start in range(0, backlog, 500):  # three days of an unusually busy home, offline
+        outbox.add(
+            [
+                a_reading(
+                    patient_id=patients[i % len(patients)],
+                    received_at=now - timedelta(days=3) * (1 - i / backlog),
+                    measured_at=now - timedelta(days=3) * (1 - i / backlog) - timedelta(minutes=1),
+                    device_time=None,
+                    time_source=TimeSource.GATEWAY,
+                )
+                for i in range(start, start + 500)
+            ]
+        )
+    outbox.close()
+    pipeline.start_ingest()
+    pipeline.start(
+        "gateway",
+        "-m",
+        "gateway_agent",
+        "run",
+        "--simulate",
+        "--patients",
+        "4",
+        "--history-days",
+        "0",
+        "--rate",
+        "60",
+        "--live-readings",
+        "20",
+    )
+    wait_until(lambda: "live measurements done" in pipeline.log("gateway"), 120, "the live stream")
+    wait_until(pipeline.drained, 180, "the backlog to drain")
+    counts = pipeline.delivery_counts()
+    assert counts.rows == counts.distinct == counts.accepted > backlog
+    assert counts.gaps == 0
+    # Commit order is the order of the storing transactions' ids (one ingest writer).
+    inversions = pipeline.db_value(
+        "SELECT count(*) FROM (SELECT ingest_xid < lag(ingest_xid) OVER (ORDER BY gateway_seq)"
+        f" AS earlier FROM readings WHERE gateway_seq <= {backlog}) s WHERE earlier"
+    )
+    stored_before_first_live = pipeline.db_value(
+        f"SELECT count(*) FROM readings WHERE gateway_seq <= {backlog} AND ingest_xid <"
+        f" (SELECT min(ingest_xid) FROM readings WHERE gateway_seq > {backlog})"
+    )
+    seconds = pipeline.db_value(
+        "SELECT extract(epoch FROM max(ingested_at) - min(ingested_at)) FROM readings"
+        f" WHERE gateway_seq <= {backlog}"
+    )
+    print(
+        f"backlog of {backlog} replayed in {seconds:.1f} s ({backlog / seconds:,.0f} readings/s);"
+        f" {stored_before_first_live} backlog readings were stored before the first live one;"
+        f" {inversions} out of order"
+    )
+    assert inversions == 0
+    assert stored_before_first_live < backlog / 2
