@@ -124,6 +124,23 @@ def enroll(
     return entry
 
 
+def unenroll(path: Path, *, address: str) -> RegistryEntry:
+    """Remove the device with ``address`` from the registry at ``path``; return its entry.
+
+    An address that is not enrolled is a RegistryError. The file is rewritten atomically
+    from the remaining entries (comments between entries are not kept). What the outbox
+    remembers of the device (its last glucose record, last seen) stays, so enrolling it again
+    carries on where it left off; its readings already taken are delivered as usual.
+    """
+    wanted = address.strip().upper()
+    existing = load_entries(path)
+    removed = next((e for e in existing if e.address == wanted), None)
+    if removed is None:
+        raise RegistryError(f"{path}: no device with address {wanted} is enrolled")
+    _write_atomically(path, render([e for e in existing if e is not removed]))
+    return removed
+
+
 def render(entries: Sequence[RegistryEntry]) -> str:
     """A whole registry file for ``entries``."""
     return _HEADER + "".join("\n" + render_entry(entry) for entry in entries)

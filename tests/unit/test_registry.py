@@ -17,6 +17,7 @@ from gateway_agent.registry import (
     load_entries,
     load_registry,
     toml_string,
+    unenroll,
 )
 
 GOOD = """
@@ -229,3 +230,15 @@ def test_strings_round_trip_through_toml(path: Path, value: str) -> None:
             name=value,
         )
         assert load_entries(path)[0].name == value
+
+
+def test_unenroll_removes_one_device_and_keeps_the_others_and_the_mode(path: Path) -> None:
+    path.write_text(GOOD, encoding="utf-8")
+    path.chmod(0o600)
+    removed = unenroll(path, address="c0:ff:ee:00:01:03")
+    assert (removed.address, removed.patient_id) == ("C0:FF:EE:00:01:03", "patient-1")
+    assert [e.address for e in load_entries(path)] == ["C0:FF:EE:00:02:01"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(RegistryError, match="no device with address C0:FF:EE:00:01:03"):
+        unenroll(path, address="C0:FF:EE:00:01:03")
+    assert [e.address for e in load_entries(path)] == ["C0:FF:EE:00:02:01"]
