@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 REGISTRY_SETTING = "GATEWAY_REGISTRY_PATH"
 DEFAULT_OUTBOX = "gateway-outbox.sqlite"
+
+log = logging.getLogger("gateway_agent")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -47,18 +50,21 @@ def _run(args: argparse.Namespace) -> int:
     if not args.simulate:
         return _run_bluetooth(settings, args, stop)
     from gateway_agent.simulated_homes import run_simulated
+    from gateway_agent.simulator.population import build_population
 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run_simulated(
-        settings,
-        patients=args.patients,
-        seed=args.seed,
-        history_days=args.history_days,
-        rate_per_patient_per_minute=args.rate,
-        stop=stop,
-        live_readings=args.live_readings,
-    )
+    population = [p.patient_id for p in build_population(patients=args.patients, seed=args.seed)]
+    with patient_page(settings, population):
+        run_simulated(
+            settings,
+            patients=args.patients,
+            seed=args.seed,
+            history_days=args.history_days,
+            rate_per_patient_per_minute=args.rate,
+            stop=stop,
+            live_readings=args.live_readings,
+        )
     return 0
 
 
@@ -66,6 +72,7 @@ def _run_bluetooth(
     settings: GatewaySettings, args: argparse.Namespace, stop: threading.Event
 ) -> int:
     from gateway_agent.ble_runner import run_bluetooth
+    from gateway_agent.patient_page import registry_patients
     from gateway_agent.registry import RegistryError, load_registry
 
     backends = _backends()
@@ -85,12 +92,61 @@ def _run_bluetooth(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        run_bluetooth(
-            settings, registry_path=path, stop=stop, cycle_s=args.cycle, backends=backends
-        )
+        with patient_page(settings, registry_patients(path)):
+            run_bluetooth(
+                settings, registry_path=path, stop=stop, cycle_s=args.cycle, backends=backends
+            )
     except RegistryError as exc:
         return _fail(str(exc), 2)
     return 0
+
+
+@contextlib.contextmanager
+def patient_page(
+    settings: GatewaySettings, patients: Callable[[], Iterable[str]] | Iterable[str]
+) -> Iterator[None]:
+    """Serve the patient's page on 127.0.0.1:``settings.page_port`` while the body runs (not
+    at all when the port is 0). A page that cannot start (the port is taken, the outbox cannot
+    be opened) is logged as a warning: the gateway keeps reading without it."""
+    if settings.page_port == 0:
+        yield
+        return
+    import sqlite3
+
+    from gateway_agent.outbox import Outbox
+    from gateway_agent.patient_page import start_patient_page
+
+    try:
+        outbox = Outbox(settings.outbox_path)  # its own connection to the gateway's outbox
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("patient page not started: the outbox cannot be opened: %s", exc)
+        yield
+        return
+    try:
+        page = start_patient_page(
+            outbox,
+            patients=patients,
+            gateway_id=settings.gateway_id,
+            port=settings.page_port,
+            tz=settings.timezone,
+        )
+    except OSError as exc:
+        outbox.close()
+        log.warning(
+            "patient page not started: 127.0.0.1:%d cannot be used (%s); set "
+            "GATEWAY_PAGE_PORT to a free port, or 0 for no page. The gateway keeps reading "
+            "and sending readings without it",
+            settings.page_port,
+            exc.strerror or exc,
+        )
+        yield
+        return
+    log.info("patient page on %s", page.url)
+    try:
+        yield
+    finally:
+        page.close()
+        outbox.close()
 
 
 def registry_path(env: Mapping[str, str]) -> Path:
