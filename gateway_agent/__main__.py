@@ -3,6 +3,7 @@
 python -m gateway_agent decode 2A35 1e8a00580078000000041114293b3c00012700
 python -m gateway_agent scan --timeout 10
 python -m gateway_agent enroll --address C0:FF:EE:00:01:03 --type blood_pressure --patient P1
+python -m gateway_agent unenroll --address C0:FF:EE:00:01:03
 python -m gateway_agent status
 python -m gateway_agent run                 # read the enrolled devices over Bluetooth
 python -m gateway_agent run --simulate --patients 20
@@ -241,6 +242,24 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unenroll(args: argparse.Namespace) -> int:
+    from gateway_agent.registry import RegistryError, unenroll
+
+    path = registry_path(os.environ)
+    try:
+        entry = unenroll(path, address=args.address)
+    except RegistryError as exc:
+        return _fail(str(exc), 2)
+    except OSError as exc:
+        return _fail(f"{path}: cannot be written: {exc}", 1)
+    label = f" ({entry.name})" if entry.name else ""
+    print(
+        f"Removed {entry.address}{label} ({entry.device_type.value}, patient "
+        f"{entry.patient_id}) from {path}; readings it already gave are still delivered"
+    )
+    return 0
+
+
 def _status(_args: argparse.Namespace) -> int:
     import sqlite3
 
@@ -365,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     p_enroll.add_argument("--patient", required=True, help="the patient id the device belongs to")
     p_enroll.add_argument("--name", default=None, help="a name for people (optional)")
     p_enroll.set_defaults(func=_enroll)
+    p_unenroll = sub.add_parser("unenroll", help="remove a device from the registry")
+    p_unenroll.add_argument("--address", required=True, help="the device's Bluetooth address")
+    p_unenroll.set_defaults(func=_unenroll)
     p_status = sub.add_parser(
         "status", help="each enrolled device's last reading, battery and last seen"
     )

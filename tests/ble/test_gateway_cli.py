@@ -237,6 +237,12 @@ def test_enroll_and_status_through_the_cli(
     out = capsys.readouterr().out
     assert status_line(out, "C0:FF:EE:00:02:01")[2:4] == ["glucose_meter", "patient-7"]
     assert registry.exists()
+    assert main(["unenroll", "--address", "c0:ff:ee:00:02:01"]) == 0
+    assert "Removed C0:FF:EE:00:02:01" in capsys.readouterr().out
+    assert main(["unenroll", "--address", "C0:FF:EE:00:02:01"]) == 2
+    assert "no device with address C0:FF:EE:00:02:01 is enrolled" in capsys.readouterr().err
+    assert main(["status"]) == 0
+    assert "No devices enrolled" in capsys.readouterr().out
 
 
 def test_the_registry_defaults_to_the_outbox_folder(
