@@ -34,6 +34,8 @@ ENV_USER: Final = "CAREWATCH_USER"
 
 FlagStatus = Literal["open", "acknowledged", "resolved"]
 FLAG_STATUSES: Final[tuple[FlagStatus, ...]] = ("open", "acknowledged", "resolved")
+#: Follow-up requests (a patient's "call me back"): ``all`` is both ``open`` and ``done``.
+FollowUpStatus = Literal["open", "done", "all"]
 JsonObject = dict[str, Any]
 
 #: Opens a client for one run of a page (the caller closes it): pages take one of these rather
@@ -61,11 +63,12 @@ class ApiAuthError(ApiError):
 
 
 class ApiNotFoundError(ApiError):
-    """The patient or flag asked for does not exist."""
+    """The patient, flag or follow-up request asked for does not exist."""
 
 
 class ApiConflictError(ApiError):
-    """The change is not allowed in the resource's state (e.g. acknowledging a resolved flag)."""
+    """The change is not allowed in the resource's state (e.g. acknowledging a resolved flag,
+    or marking a follow-up request done twice)."""
 
 
 def user_from_env(environ: Mapping[str, str] | None = None) -> str:
@@ -231,6 +234,36 @@ class CareWatchApi:
     def flag_counts(self) -> dict[str, int]:
         """Open and acknowledged flags per severity (every severity present)."""
         return self._get(f"{API_PREFIX}/flags/counts")
+
+    # --- follow-up requests -------------------------------------------------------------------
+
+    def follow_ups(
+        self,
+        status: FollowUpStatus = "open",
+        patient_id: str | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[JsonObject]:
+        """Patients' follow-up requests (e.g. "call me back"), newest first.
+
+        Each: ``{request_id, patient_id, patient_name, kind, note, in_reply_to,
+        requested_at, received_at, status, closed_by, closed_at, close_note, gateway_id}``.
+        """
+        params: dict[str, str | int] = {"status": status}
+        if patient_id is not None:
+            params["patient_id"] = patient_id
+        if limit is not None:
+            params["limit"] = limit
+        return self._get(f"{API_PREFIX}/follow-ups", params=params)
+
+    def close_follow_up(self, request_id: str, note: str | None = None) -> JsonObject:
+        """Mark a follow-up request done as this clinician, with an optional note; returns
+        the request. :class:`ApiConflictError` when it is done already."""
+        return self._request(
+            "POST",
+            f"{API_PREFIX}/follow-ups/{_path_segment(request_id)}/close",
+            json={"note": note},
+        )
 
     # --- patients ------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
-"""The triage queue: open and acknowledged flags, most severe first, then oldest first.
+"""The triage queue: patients' open call-back requests, then open and acknowledged flags, most
+severe first, then oldest first.
 
-The page refreshes itself every :data:`REFRESH_SECONDS` (a fragment, so the sidebar and the
-rest of the app do not rerun). The flag card (:func:`flag_card`) and the text helpers are
+Both sections refresh themselves every :data:`REFRESH_SECONDS` (fragments, so the sidebar and
+the rest of the app do not rerun). The flag card (:func:`flag_card`) and the text helpers are
 shared with the patient page.
 """
 
@@ -30,6 +31,9 @@ SEVERITY_BADGE_COLOURS: Final[Mapping[str, str]] = {
 }
 #: Session-state key of the message an action left for the next run to show.
 NOTICE_KEY: Final = "flag_action_notice"
+#: The same for the call-back requests' "Mark done".
+CALL_BACK_NOTICE_KEY: Final = "call_back_action_notice"
+CALL_BACK_LIMIT: Final = 200
 
 OpenPatient = Callable[[str], None]
 
@@ -106,9 +110,10 @@ def escape_markdown(text: str) -> str:
 # --- widgets -------------------------------------------------------------------------------------
 
 
-def show_notice() -> None:
-    """Show, once, the message the last flag action left (success or the API's error)."""
-    notice = st.session_state.pop(NOTICE_KEY, None)
+def show_notice(key: str = NOTICE_KEY) -> None:
+    """Show, once, the message the last action (on a flag, or on a call-back request with
+    ``key=CALL_BACK_NOTICE_KEY``) left: success or the API's error."""
+    notice = st.session_state.pop(key, None)
     if not notice:
         return
     kind, message = notice
@@ -215,6 +220,61 @@ def flag_card(
                 open_patient(str(flag["patient_id"]))
 
 
+def _mark_done(connect: ApiConnector, request_id: str, note_key: str) -> None:
+    """Button callback: mark a call-back request done, with the optional note typed on it."""
+    note = str(st.session_state.get(note_key) or "").strip() or None
+    try:
+        with connect() as api:
+            request = api.close_follow_up(request_id, note)
+    except ApiError as exc:
+        st.session_state[CALL_BACK_NOTICE_KEY] = (
+            "error",
+            f"Could not mark the call-back request done: {exc}",
+        )
+        return
+    who = request.get("patient_name") or request.get("patient_id") or "the patient"
+    st.session_state[CALL_BACK_NOTICE_KEY] = ("success", f"Done: call back for {who}.")
+
+
+def call_back_card(
+    connect: ApiConnector,
+    request: Mapping[str, Any],
+    *,
+    now: datetime,
+    open_patient: OpenPatient | None = None,
+) -> None:
+    """One open call-back request: patient, when they asked, their note; "Mark done" (with an
+    optional note) and "Open patient".
+
+    Widget keys: ``callback-note-{request_id}``, ``callback-done-{request_id}`` and
+    ``callback-open-{request_id}``.
+    """
+    request_id = str(request["request_id"])
+    with st.container(border=True, key=f"callback-{request_id}"):
+        text_column, action_column = st.columns([7.2, 1.8], vertical_alignment="center")
+        with text_column:
+            name = escape_markdown(str(request.get("patient_name") or request["patient_id"]))
+            asked = time_ago(parse_api_time(request.get("requested_at")), now)
+            st.markdown(f"**{name}** · asked for a call back {asked}")
+            note = request.get("note")
+            st.caption(f"“{escape_markdown(str(note))}”" if note else "No note.")
+        with action_column:
+            note_key = f"callback-note-{request_id}"
+            with st.popover("Mark done", width="stretch"):
+                st.text_input("Note (optional)", key=note_key, max_chars=2000)
+                st.button(
+                    "Mark done",
+                    key=f"callback-done-{request_id}",
+                    type="primary",
+                    on_click=_mark_done,
+                    args=(connect, request_id, note_key),
+                )
+            if open_patient is not None and st.button(
+                "Open patient", key=f"callback-open-{request_id}", width="stretch"
+            ):
+                open_patient(str(request["patient_id"]))
+
+
 # --- the page ------------------------------------------------------------------------------------
 
 
@@ -222,10 +282,33 @@ def render(connect: ApiConnector, open_patient: OpenPatient) -> None:
     """The triage page. ``open_patient(patient_id)`` switches to that patient's page."""
     st.title("Triage queue")
     st.caption(
-        "Open and acknowledged flags, most severe first, then oldest first. "
-        f"Refreshes every {REFRESH_SECONDS} s."
+        "Call-back requests from patients, newest first; then open and acknowledged flags, most "
+        f"severe first, then oldest first. Refreshes every {REFRESH_SECONDS} s."
     )
+    _call_backs(connect, open_patient)
+    st.subheader("Flags")
     _queue(connect, open_patient)
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def _call_backs(connect: ApiConnector, open_patient: OpenPatient) -> None:
+    """The patients' open call-back requests; reruns on its own every :data:`REFRESH_SECONDS`."""
+    st.subheader("Call-back requests")
+    show_notice(CALL_BACK_NOTICE_KEY)
+    try:
+        with connect() as api:
+            requests = api.follow_ups(status="open", limit=CALL_BACK_LIMIT)
+    except ApiError as exc:
+        st.error(str(exc))
+        return
+    if not requests:
+        st.caption("No open call-back requests.")
+        return
+    if len(requests) >= CALL_BACK_LIMIT:
+        st.caption(f"Showing the newest {CALL_BACK_LIMIT} call-back requests.")
+    now = datetime.now(UTC)
+    for request in requests:
+        call_back_card(connect, request, now=now, open_patient=open_patient)
 
 
 @st.fragment(run_every=REFRESH_SECONDS)

@@ -6,8 +6,9 @@ Flow for each micro-batch (bounded by size and by time, whichever comes first):
    as unacknowledged until step 4);
 2. validate each against the wire contract and the gateway's bindings; anything bad goes to the
    quarantine with its reason;
-3. in one transaction: COPY the good readings (idempotent on the reading id) and the
-   quarantine rows, then commit;
+3. in one transaction: COPY the good readings (idempotent on the reading id), insert the
+   follow-up requests and inbox receipts (idempotent on their ids), the quarantine rows and
+   the gateways' status, then commit;
 4. after the commit: publish an ack to each gateway, then acknowledge the messages to the
    broker.
 
@@ -19,11 +20,13 @@ not committed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -40,13 +43,25 @@ from carewatch_contract.messages import (
     ContractError,
     claimed_reading_ids,
     encode_ack,
+    encode_follow_up_request,
     encode_reading,
+    encode_receipt,
+    parse_follow_up_request,
     parse_reading_batch,
+    parse_receipt,
     parse_status,
 )
 from ingest import quarantine
 from ingest.counters import IngestCounters
 from ingest.db import ensure_partitions
+from ingest.follow_ups import (
+    StoredReceipt,
+    StoredRequest,
+    claimed_id,
+    insert_receipts,
+    insert_requests,
+    receipt_key,
+)
 from ingest.readings import StoredReading, insert_readings
 from ingest.registry import BindingCache
 from ingest.settings import IngestSettings
@@ -67,7 +82,7 @@ class Isolation(Enum):
     """How much is committed at once; narrowed step by step when the database refuses."""
 
     BATCH = "batch"
-    BY_READING = "by_reading"  # one message, each reading under its own savepoint
+    BY_READING = "by_reading"  # one message, each reading (request, receipt) under a savepoint
     WHOLE_MESSAGE = "whole_message"  # one message, straight to the quarantine
 
 
@@ -98,6 +113,8 @@ class BatchPlan:
     """What one micro-batch will write and whom it will tell."""
 
     readings: list[StoredReading] = field(default_factory=list)
+    requests: list[StoredRequest] = field(default_factory=list)
+    receipts: list[StoredReceipt] = field(default_factory=list)
     quarantined: list[quarantine.QuarantineEntry] = field(default_factory=list)
     acks: dict[str, list[str]] = field(default_factory=dict)
     rejections: dict[str, list[AckRejection]] = field(default_factory=dict)
@@ -116,18 +133,28 @@ def plan_batch(
     max_payload_bytes: int,
     now: datetime,
 ) -> BatchPlan:
-    """Sort a batch of deliveries into readings to store, quarantine entries and acks.
+    """Sort a batch of deliveries into readings, follow-up requests and inbox receipts to
+    store, quarantine entries and acks.
 
     ``now`` is the server's clock: a reading received in its future is refused.
     """
     plan = BatchPlan()
     for d in deliveries:
         topic_gateway = topics.gateway_id_from_topic(d.topic)
-        if d.topic.endswith("/" + topics.STATUS) and topic_gateway:
+        if topic_gateway is None:
+            continue  # not a contract topic: nothing we subscribe to
+        kind = d.topic.rsplit("/", 1)[1]
+        if kind == topics.STATUS:
             plan.statuses.append((topic_gateway, d.payload))
             continue
-        if not d.topic.endswith("/" + topics.READINGS) or topic_gateway is None:
-            continue  # receipts and other topics are handled elsewhere
+        if kind == topics.REQUESTS:
+            _plan_request(plan, d, topic_gateway, bindings, max_payload_bytes)
+            continue
+        if kind == topics.RECEIPTS:
+            _plan_receipt(plan, d, topic_gateway, bindings, max_payload_bytes)
+            continue
+        if kind != topics.READINGS:
+            continue
 
         def reject(reason: str, detail: str, d: Delivery = d, gw: str = topic_gateway) -> None:
             plan.quarantined.append(
@@ -200,6 +227,102 @@ def plan_batch(
     return plan
 
 
+def _plan_request(
+    plan: BatchPlan,
+    d: Delivery,
+    topic_gateway: str,
+    bindings: Bindings,
+    max_payload_bytes: int,
+) -> None:
+    """A follow-up request: stored and acked; quarantined as readings are when it is bad.
+
+    Unlike a reading of an unbound patient, a request for a patient not bound to the gateway
+    is also rejected in the ack: the quarantine keeps it whole for an operator, and the
+    gateway stops resending what will never be accepted.
+    """
+
+    def reject(reason: str, detail: str, request_id: str | None = None) -> None:
+        plan.quarantined.append(
+            quarantine.QuarantineEntry(
+                d.topic, topic_gateway, reason, detail, d.payload, request_id
+            )
+        )
+
+    if len(d.payload) > max_payload_bytes:
+        reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
+        return
+    try:
+        request = parse_follow_up_request(d.payload)
+    except ContractError as exc:
+        request_id = claimed_id(d.payload, "request_id")
+        reject(exc.reason, exc.detail, request_id)
+        if request_id and bindings.gateway_known(topic_gateway):
+            plan.rejections.setdefault(topic_gateway, []).append(
+                AckRejection(request_id, exc.reason)
+            )
+        return
+    if request.gateway_id != topic_gateway:
+        reject(
+            "gateway_mismatch",
+            "payload gateway_id differs from the topic's gateway",
+            request.request_id,
+        )
+        return
+    if not bindings.gateway_known(topic_gateway):
+        reject("unknown_gateway", "no gateway with this id is enrolled", request.request_id)
+        return
+    if not bindings.is_bound(topic_gateway, request.patient_id):
+        reject(
+            "patient_not_bound",
+            "the request's patient is not bound to this gateway",
+            request.request_id,
+        )
+        plan.rejections.setdefault(topic_gateway, []).append(
+            AckRejection(request.request_id, "patient_not_bound")
+        )
+        return
+    plan.requests.append(StoredRequest(topic_gateway, request))  # twice in a batch: stored once
+    plan.acks.setdefault(topic_gateway, []).append(request.request_id)
+
+
+def _plan_receipt(
+    plan: BatchPlan,
+    d: Delivery,
+    topic_gateway: str,
+    bindings: Bindings,
+    max_payload_bytes: int,
+) -> None:
+    """An inbox receipt: stored, and acked when the gateway gave it a ``receipt_id`` (a
+    gateway that gives none does not keep it, so there is nothing to name)."""
+
+    def reject(reason: str, detail: str, receipt_id: str | None = None) -> None:
+        plan.quarantined.append(
+            quarantine.QuarantineEntry(
+                d.topic, topic_gateway, reason, detail, d.payload, receipt_id
+            )
+        )
+
+    if len(d.payload) > max_payload_bytes:
+        reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
+        return
+    try:
+        receipt = parse_receipt(d.payload)
+    except ContractError as exc:
+        receipt_id = claimed_id(d.payload, "receipt_id")
+        reject(exc.reason, exc.detail, receipt_id)
+        if receipt_id and bindings.gateway_known(topic_gateway):
+            plan.rejections.setdefault(topic_gateway, []).append(
+                AckRejection(receipt_id, exc.reason)
+            )
+        return
+    if not bindings.gateway_known(topic_gateway):
+        reject("unknown_gateway", "no gateway with this id is enrolled", receipt.receipt_id)
+        return
+    plan.receipts.append(StoredReceipt(topic_gateway, receipt_key(topic_gateway, receipt), receipt))
+    if receipt.receipt_id is not None:
+        plan.acks.setdefault(topic_gateway, []).append(receipt.receipt_id)
+
+
 class ReadingConsumer:
     """Owns the MQTT client and the writer thread of one ingest worker."""
 
@@ -221,6 +344,8 @@ class ReadingConsumer:
             username=settings.mqtt_username,
             password=settings.mqtt_password.get_secret_value() if settings.mqtt_password else None,
             ca_file=settings.mqtt_ca_file,
+            cert_file=settings.mqtt_cert_file,
+            key_file=settings.mqtt_key_file,
             manual_ack=True,
             persistent_session=True,
         )
@@ -265,11 +390,22 @@ class ReadingConsumer:
             [
                 (self._settings.readings_subscription, 1),
                 (topics.all_gateways(topics.STATUS), 1),
+                (self._shared(topics.RECEIPTS), 1),
+                (self._shared(topics.REQUESTS), 1),
             ]
         )
         self._connection += 1
         self._connected.set()
         log.info("MQTT connected (session present: %s)", flags.session_present)
+
+    def _shared(self, kind: str) -> str:
+        """The subscription to one kind of topic that, like the readings', is shared by the
+        workers of ``INGEST_SHARED_GROUP`` when one is set: one worker stores and acks each
+        message. (Status stays a plain subscription: every worker applies the retained state.)
+        """
+        topic_filter = topics.all_gateways(kind)
+        group = self._settings.mqtt_shared_group
+        return f"$share/{group}/{topic_filter}" if group else topic_filter
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self._connected.clear()
@@ -397,8 +533,12 @@ class ReadingConsumer:
         with conn.transaction():
             if by_reading:
                 inserted = self._insert_reading_by_reading(conn, plan)
+                new_items = self._insert_follow_ups_by_item(conn, plan)
             else:
                 inserted = insert_readings(conn, plan.readings)
+                new_items = insert_requests(conn, plan.requests) | insert_receipts(
+                    conn, plan.receipts
+                )
             quarantine.store(
                 conn, plan.quarantined, keep_bytes=self._settings.quarantine_keep_bytes
             )
@@ -417,6 +557,12 @@ class ReadingConsumer:
                 "quarantined %d item(s): %s",
                 len(plan.quarantined),
                 dict(Counter(q.reason for q in plan.quarantined)),
+            )
+        if plan.requests or plan.receipts:
+            log.info(
+                "stored %d new follow-up request(s) and inbox receipt(s) of %d received",
+                len(new_items),
+                len(plan.requests) + len(plan.receipts),
             )
         for gateway_id in plan.acks.keys() | plan.rejections.keys():
             committed = plan.acks.get(gateway_id, [])
@@ -467,6 +613,54 @@ class ReadingConsumer:
                     AckRejection(reading.reading_id, REFUSED)
                 )
         plan.readings = [r for r in plan.readings if r not in refused]
+        return inserted
+
+    def _insert_follow_ups_by_item(self, conn: psycopg.Connection, plan: BatchPlan) -> set[str]:
+        """Each request and receipt under its own savepoint; a refused one goes to the
+        quarantine, and to the gateway's rejections when the gateway gave it an id."""
+        inserted: set[str] = set()
+        items: list[tuple[str, str | None, str, bytes, Callable[[], set[str]]]] = [
+            (
+                s.gateway_id,
+                s.request.request_id,
+                topics.REQUESTS,
+                encode_follow_up_request(s.request),
+                functools.partial(insert_requests, conn, [s]),
+            )
+            for s in plan.requests
+        ] + [
+            (
+                s.gateway_id,
+                s.receipt.receipt_id,
+                topics.RECEIPTS,
+                encode_receipt(s.receipt),
+                functools.partial(insert_receipts, conn, [s]),
+            )
+            for s in plan.receipts
+        ]
+        for gateway_id, item_id, kind, payload, insert in items:
+            try:
+                with conn.transaction():
+                    inserted |= insert()
+            except psycopg.Error as exc:
+                if not refuses_data(exc):
+                    raise
+                self._counters.add(database_errors=1)
+                plan.quarantined.append(
+                    quarantine.QuarantineEntry(
+                        topics.gateway_topic(gateway_id, kind),
+                        gateway_id,
+                        REFUSED,
+                        f"the database refused it: {type(exc).__name__} (SQLSTATE {exc.sqlstate})",
+                        payload,
+                        item_id,
+                    )
+                )
+                if item_id is not None:
+                    plan.acks[gateway_id].remove(item_id)
+                    plan.rejections.setdefault(gateway_id, []).append(
+                        AckRejection(item_id, REFUSED)
+                    )
         return inserted
 
 

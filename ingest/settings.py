@@ -24,6 +24,9 @@ class IngestSettings(BaseSettings):
     mqtt_username: str | None = Field(None, alias="MQTT_USERNAME")
     mqtt_password: SecretStr | None = Field(None, alias="MQTT_PASSWORD")
     mqtt_ca_file: str | None = Field(None, alias="MQTT_CA_FILE")
+    # A client certificate instead of (or besides) the password, over TLS (PEM files).
+    mqtt_cert_file: str | None = Field(None, alias="MQTT_CERT_FILE")
+    mqtt_key_file: str | None = Field(None, alias="MQTT_KEY_FILE")
     # Unique per worker: the broker keeps each worker's session (and its unacked messages).
     mqtt_client_id: str = Field(
         default_factory=lambda: f"carewatch-ingest-{socket.gethostname()}",

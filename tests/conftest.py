@@ -92,7 +92,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "TRUNCATE readings, reading_ids, quarantine, flag_events, flag_readings, flags,"
-            " rules_watermark, devices, gateway_patients, gateways, patients"
+            " rules_watermark, devices, gateway_patients, gateways, patients, follow_up_requests,"
+            " inbox_receipts"
         )
         conn.commit()
         yield conn

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from analytics.rules import load_rules
 from ingest import db
-from ingest.api.routes import flags, health, operations, patients
+from ingest.api.routes import flags, follow_ups, health, operations, patients
 from ingest.consumer import ReadingConsumer
 from ingest.counters import IngestCounters
 from ingest.settings import IngestSettings, get_settings
@@ -54,11 +54,15 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app = FastAPI(
         title="CareWatch API",
         version="1",
-        summary="Readings, flags and patients of the CareWatch remote monitoring pipeline.",
+        summary=(
+            "Readings, flags, patients and follow-up requests of the CareWatch remote "
+            "monitoring pipeline."
+        ),
         lifespan=lifespan,
     )
     app.include_router(health.router)
     app.include_router(patients.router)
     app.include_router(flags.router)
+    app.include_router(follow_ups.router)
     app.include_router(operations.router)
     return app

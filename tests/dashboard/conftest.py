@@ -19,8 +19,10 @@ import pytest
 
 from analytics.rules import load_rules
 from analytics.worker import DEFAULT_WORKER, run_once
+from carewatch_contract.messages import FollowUpKind, FollowUpRequest
 from carewatch_contract.metrics import Loinc
 from dashboard.api_client import CareWatchApi
+from ingest.follow_ups import StoredRequest, insert_requests
 from tests.conftest import RunningApi
 
 APP_PATH = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -163,6 +165,53 @@ def seeded(db: psycopg.Connection) -> SeededWorkspace:
         crisis_reading_ids=frozenset({systolic_id, diastolic_id}),
         spo2_89_reading_id=spo2_89,
     )
+
+
+@dataclass(frozen=True)
+class CallBacks:
+    """The follow-up requests :func:`call_backs` stored, newest first."""
+
+    bruno_request_id: str  # open, received 10 min ago, asked 2 h ago, with a note
+    alice_request_id: str  # open, received 1 h ago, no note
+    done_request_id: str  # Alice's earlier one, done
+
+
+@pytest.fixture
+def call_backs(db: psycopg.Connection, seeded: SeededWorkspace) -> Iterator[CallBacks]:
+    """Call-back requests of the seeded patients, as the consumer stores them; removed after
+    the test (the ``db`` fixture does not empty the follow-up tables)."""
+    db.execute("TRUNCATE follow_up_requests, inbox_receipts")
+    now = datetime.now(UTC).replace(microsecond=0)
+    ids = []
+    for patient_id, asked, received, note in (
+        (seeded.spo2_patient_id, timedelta(hours=2), timedelta(minutes=10), "Short of breath*"),
+        (seeded.crisis_patient_id, timedelta(hours=1), timedelta(hours=1), None),
+        (seeded.crisis_patient_id, timedelta(days=3), timedelta(days=3), "Old one"),
+    ):
+        request = FollowUpRequest(
+            request_id=str(uuid.uuid4()),
+            gateway_id=GATEWAY_ID,
+            patient_id=patient_id,
+            kind=FollowUpKind.CALL_BACK,
+            at=now - asked,
+            note=note,
+        )
+        insert_requests(db, [StoredRequest(GATEWAY_ID, request)])
+        db.execute(
+            "UPDATE follow_up_requests SET received_at = %s WHERE request_id = %s",
+            (now - received, request.request_id),
+        )
+        ids.append(request.request_id)
+    db.execute(
+        "UPDATE follow_up_requests SET status = 'done', closed_by = 'Dr Earlier',"
+        " closed_at = now() WHERE request_id = %s",
+        (ids[2],),
+    )
+    db.commit()
+    yield CallBacks(*ids)
+    db.rollback()
+    db.execute("TRUNCATE follow_up_requests, inbox_receipts")
+    db.commit()
 
 
 def evaluate_every_reading(db: psycopg.Connection, *, timeout_s: float = 30.0) -> None:

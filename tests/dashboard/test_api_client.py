@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from dashboard.api_client import (
     parse_api_time,
     user_header_value,
 )
-from tests.dashboard.conftest import RunningApi, SeededWorkspace
+from tests.dashboard.conftest import CallBacks, RunningApi, SeededWorkspace
 
 
 @pytest.mark.db
@@ -198,3 +199,32 @@ def test_a_bad_url_error_never_echoes_its_password() -> None:
     with pytest.raises(ApiError) as caught:
         CareWatchApi("ftp://admin:hunter2@example.invalid", "token")
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.db
+def test_follow_ups_are_listed_newest_first_and_closed_as_the_clinician(
+    api: CareWatchApi, seeded: SeededWorkspace, call_backs: CallBacks
+) -> None:
+    listed = api.follow_ups()
+
+    assert [(f["request_id"], f["patient_name"], f["note"]) for f in listed] == [
+        (call_backs.bruno_request_id, seeded.spo2_patient_name, "Short of breath*"),
+        (call_backs.alice_request_id, seeded.crisis_patient_name, None),
+    ]
+    asked = parse_api_time(listed[0]["requested_at"])
+    assert asked is not None and asked.tzinfo is not None
+    assert [f["request_id"] for f in api.follow_ups("done")] == [call_backs.done_request_id]
+    assert len(api.follow_ups("all")) == 3
+
+    closed = api.close_follow_up(call_backs.alice_request_id, note="Called back, all fine")
+
+    assert (closed["status"], closed["closed_by"], closed["close_note"]) == (
+        "done",
+        "Dr Client",
+        "Called back, all fine",
+    )
+    assert api.follow_ups(patient_id=seeded.crisis_patient_id) == []
+    with pytest.raises(ApiConflictError, match="already done \\(by Dr Client"):
+        api.close_follow_up(call_backs.alice_request_id)
+    with pytest.raises(ApiNotFoundError):
+        api.close_follow_up(str(uuid.uuid4()))

@@ -22,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard import charts
 from dashboard.api_client import CareWatchApi
 from dashboard.triage_page import time_ago, what_fired
-from tests.dashboard.conftest import APP_PATH, RunningApi, SeededWorkspace
+from tests.dashboard.conftest import APP_PATH, CallBacks, RunningApi, SeededWorkspace
 
 RUN_TIMEOUT_S = 60
 
@@ -254,6 +254,81 @@ def test_an_empty_queue_says_there_is_nothing_to_do(
         "No open flags. New flags appear here within seconds of the rules raising them."
     ]
     assert {metric.value for metric in at.metric} == {"0"}
+
+
+@pytest.mark.db
+def test_call_back_requests_are_listed_above_the_flags_and_marked_done(
+    workspace_env: RunningApi, seeded: SeededWorkspace, call_backs: CallBacks, api: CareWatchApi
+) -> None:
+    bruno, alice = call_backs.bruno_request_id, call_backs.alice_request_id
+    at = run_workspace()
+
+    assert [subheader.value for subheader in at.subheader] == ["Call-back requests", "Flags"]
+    text = page_text(at)
+    assert f"**{seeded.spo2_patient_name}** · asked for a call back 2 h ago" in text
+    assert "“Short of breath*”" in text
+    assert f"**{seeded.crisis_patient_name}** · asked for a call back 1 h ago" in text
+    assert "No note." in text
+    assert "Old one" not in text  # done already
+    # Newest first (by when they reached the care team), above the flags.
+    keys = [str(b.key) for b in at.button]
+    assert [key for key in keys if key.startswith("callback-done-")] == [
+        f"callback-done-{bruno}",
+        f"callback-done-{alice}",
+    ]
+    assert keys.index(f"callback-done-{alice}") < keys.index(f"triage-ack-{seeded.spo2_flag_id}")
+
+    at.sidebar.text_input(key="clinician_name").set_value("Dr Test").run()
+    at.text_input(key=f"callback-note-{bruno}").set_value("Called, inhaler technique").run()
+    at.button(key=f"callback-done-{bruno}").click().run()
+
+    assert not at.exception, [e.value for e in at.exception]
+    done = {f["request_id"]: f for f in api.follow_ups("done")}
+    assert (done[bruno]["closed_by"], done[bruno]["close_note"]) == (
+        "Dr Test",
+        "Called, inhaler technique",
+    )
+    assert [alert.value for alert in at.main.success] == [
+        f"Done: call back for {seeded.spo2_patient_name}."
+    ]
+    assert f"callback-done-{bruno}" not in {b.key for b in at.button}
+
+    at.button(key=f"callback-done-{alice}").click().run()  # the note is optional
+
+    assert not at.exception
+    assert {f["request_id"]: f["close_note"] for f in api.follow_ups("done")}[alice] is None
+    assert api.follow_ups() == []
+    assert "No open call-back requests." in page_text(at)
+
+
+@pytest.mark.db
+def test_a_call_back_request_done_meanwhile_is_explained_and_open_patient_works(
+    workspace_env: RunningApi, seeded: SeededWorkspace, call_backs: CallBacks, api: CareWatchApi
+) -> None:
+    at = run_workspace()
+    api.close_follow_up(call_backs.alice_request_id)  # a colleague was quicker
+
+    at.button(key=f"callback-done-{call_backs.alice_request_id}").click().run()
+
+    assert not at.exception
+    [error] = [alert.value for alert in at.main.error]
+    assert error.startswith(
+        "Could not mark the call-back request done: the follow-up request is already done "
+        "(by Dr Client at "
+    )
+    at.button(key=f"callback-open-{call_backs.bruno_request_id}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.query_params["patient"] == seeded.spo2_patient_id
+
+
+@pytest.mark.db
+def test_no_call_back_requests_is_a_quiet_line(
+    workspace_env: RunningApi, seeded: SeededWorkspace
+) -> None:
+    at = run_workspace()
+
+    assert "No open call-back requests." in page_text(at)
+    assert not [b.key for b in at.button if b.key and b.key.startswith("callback-")]
 
 
 def test_an_unreachable_api_is_explained_not_a_traceback(

@@ -68,7 +68,9 @@ INGEST_ACL = {
     ("read", f"$share/ingest/{PREFIX}/+/readings"),
     ("read", f"{PREFIX}/+/status"),
     ("read", f"{PREFIX}/+/receipts"),
+    ("read", f"$share/ingest/{PREFIX}/+/receipts"),
     ("read", f"{PREFIX}/+/requests"),
+    ("read", f"$share/ingest/{PREFIX}/+/requests"),
     ("write", f"{PREFIX}/+/acks"),
     ("write", f"{PREFIX}/+/inbox"),
 }
