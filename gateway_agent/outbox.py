@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS follow_ups (
     patient_id   TEXT NOT NULL,
     body         TEXT NOT NULL,           -- the request as contract JSON
     requested_at REAL NOT NULL,
-    confirmed_at REAL                     -- when ingest's ack said the care team has it
+    confirmed_at REAL,                    -- when ingest's ack said the care team has it
+    refused      TEXT                     -- ingest's reason when it will never accept it
 );
 CREATE TABLE IF NOT EXISTS rejected_readings (
     reading_id  TEXT PRIMARY KEY,
@@ -155,6 +156,9 @@ class StoredFollowUp:
     request: FollowUpRequest
     confirmed_at: datetime | None
     """None while the request has not reached the care team yet."""
+    refused: str | None = None
+    """Ingest's reason when it refused the request for good (e.g. the patient is not bound
+    to this gateway): the patient must be told to phone instead."""
 
 
 class Outbox:
@@ -313,8 +317,9 @@ class Outbox:
     ) -> int:
         """Remove committed readings; move rejected ones aside. Returns how many readings left.
 
-        Receipts and follow-up requests named in the ack leave ``outgoing`` too (a request
-        is then marked as confirmed); a rejected one is logged by the caller and dropped.
+        Receipts and follow-up requests named in the ack leave ``outgoing`` too: a request is
+        then marked as confirmed, or, when rejected, as refused with the reason (the patient's
+        page tells them to phone), never silently dropped.
         """
         committed = list(committed)
         rejected = list(rejected)
@@ -351,6 +356,11 @@ class Outbox:
                     )
                 self._conn.executemany(
                     "DELETE FROM outgoing WHERE item_id = ?", [(item,) for item, _ in rejected]
+                )
+                self._conn.executemany(
+                    "UPDATE follow_ups SET refused = ? WHERE request_id = ?"
+                    " AND confirmed_at IS NULL",
+                    [(reason, item) for item, reason in rejected],
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -479,7 +489,7 @@ class Outbox:
         """The follow-up requests made here (of one patient, or all), newest first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT body, confirmed_at FROM follow_ups"
+                "SELECT body, confirmed_at, refused FROM follow_ups"
                 " WHERE ? IS NULL OR patient_id = ? ORDER BY requested_at DESC",
                 (patient_id, patient_id),
             ).fetchall()
@@ -487,8 +497,9 @@ class Outbox:
             StoredFollowUp(
                 parse_follow_up_request(body.encode()),
                 None if confirmed is None else _utc(confirmed),
+                refused,
             )
-            for body, confirmed in rows
+            for body, confirmed, refused in rows
         ]
 
     def recent_readings(self, patient_id: str | None = None, limit: int = 50) -> list[Reading]:

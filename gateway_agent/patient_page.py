@@ -502,6 +502,7 @@ class _Site:
         since = datetime.now(UTC) - DUPLICATE_WINDOW
         return any(
             f.confirmed_at is None
+            and f.refused is None
             and f.request.at >= since
             and f.request.note == note
             and f.request.in_reply_to == in_reply_to
@@ -669,11 +670,14 @@ class _Site:
             out.append('<h3>Your call-back requests</h3><ul class="requests">')
             for stored in follow_ups:
                 request = stored.request
-                state = (
-                    "Sent — waiting to reach your care team"
-                    if stored.confirmed_at is None
-                    else "Your care team has it"
-                )
+                if stored.refused is not None:
+                    state = (
+                        "This request could not reach your care team. Please phone them instead."
+                    )
+                elif stored.confirmed_at is None:
+                    state = "Sent — waiting to reach your care team"
+                else:
+                    state = "Your care team has it"
                 out.append(f"<li>Asked {self._time(request.at, now, lower=True)}")
                 if request.note:
                     out.append(f': <q class="text">{_e(request.note)}</q>')

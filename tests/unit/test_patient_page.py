@@ -311,6 +311,26 @@ def test_a_call_back_request_is_queued_and_shown_until_the_care_team_has_it(
     assert "waiting to reach your care team" not in html
 
 
+def test_a_request_ingest_refuses_tells_the_patient_to_phone(
+    outbox: Outbox, page: PatientPage
+) -> None:
+    token = token_of(fetch(patient_url(page)).text)
+    fetch(f"{patient_url(page)}/call-back", form={"csrf": token, "note": "Please call"})
+    (stored,) = outbox.follow_ups(P1)
+
+    outbox.acknowledge([], [(stored.request.request_id, "patient_not_bound")])
+
+    (refused,) = outbox.follow_ups(P1)
+    assert (refused.refused, refused.confirmed_at) == ("patient_not_bound", None)
+    assert outbox.take_outgoing_due(resend_after_s=0) == []  # not resent for ever
+    html = fetch(patient_url(page)).text
+    assert "could not reach your care team. Please phone them instead." in html
+    assert "waiting to reach your care team" not in html
+    # Asking again is not taken for a double click of the refused request.
+    fetch(f"{patient_url(page)}/call-back", form={"csrf": token, "note": "Please call"})
+    assert len(outbox.follow_ups(P1)) == 2
+
+
 def test_a_double_click_sends_one_request_but_a_different_one_is_sent(
     outbox: Outbox, page: PatientPage
 ) -> None:
