@@ -8,16 +8,21 @@ Steps (every wait is bounded):
 
 1. **Find** the device by address: ``BleakScanner.find_device_by_address`` for
    ``read_device``, one shared scan for ``read_devices`` (``scan_timeout_s``) → "not_found".
-2. **Connect** with a plain ``BleakClient(..., timeout=connect_timeout_s)``, additionally
-   bounded by ``asyncio.timeout``. ``bleak-retry-connector`` is not installed, so there is no
-   retry or BlueZ cache handling here; a failed attempt is reported and the caller's next
-   cycle tries again. ``read_devices`` serialises the connect step (BlueZ handles one pending
-   LE connection per adapter), transfers then run concurrently.
-3. **Subscribe** to the characteristics of the device's profile
+2. **Connect** through ``bleak_retry_connector.establish_connection`` (up to
+   :data:`CONNECT_ATTEMPTS` attempts with its backoff for the transient BlueZ errors, stale
+   connections and services cache), all attempts together bounded by ``connect_timeout_s``.
+   ``read_devices`` serialises the connect step (BlueZ handles one pending LE connection per
+   adapter), transfers then run concurrently.
+3. **Battery and clock**, each bounded by ``idle_timeout_s`` and never fatal: Battery Level
+   (0x2A19) is read and kept (``GatewayAgent.record_battery``: status and heartbeat); when
+   the device has a writable Current Time (0x2A2B), it is set to the gateway's local time, so
+   that the times of readings taken later are right. Both happen before subscribing, because
+   most devices send their memory as soon as the gateway subscribes and hang up after.
+4. **Subscribe** to the characteristics of the device's profile
    (:mod:`gateway_agent.ble.profiles`). Every notification/indication goes, bytes unchanged,
    to ``GatewayAgent.accept`` — the one entry point for device bytes (decode, outbox,
    undecodable bytes kept for inspection).
-4. **Collect**:
+5. **Collect**:
 
    - *Glucose meters* (RACP): records are fetched with Report Stored Records, operator ``>=``
      on sequence number (filter 0x01) from one after the last sequence number stored, or
@@ -30,6 +35,9 @@ Steps (every wait is bounded):
      write (see the design doc, pitfall 1). Response 1 (success) and 6 (no records found) are
      success; anything else is an "error" with the response code in the text.
      ``racp_timeout_s`` is an *idle* timeout: every record that arrives restarts it.
+     When ">=" finds no records, the last record is asked for: a sequence number below the
+     one remembered means the meter's memory was cleared and its numbering restarted, so
+     every record is fetched again (those already stored are stored once: ids from bytes).
    - *Other devices*: values are collected until ``idle_timeout_s`` pass without one, the
      device disconnects, or ``max_session_s`` is reached. No value at all within
      ``idle_timeout_s`` → "timeout".
@@ -63,13 +71,17 @@ import functools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakDeviceNotFoundError, BleakError
+from bleak_retry_connector import BleakNotFoundError, establish_connection
 
 from gateway_agent.ble.backend_config import PLATFORM, BleBackends
 from gateway_agent.ble.profiles import (
+    BATTERY_LEVEL,
+    CURRENT_TIME,
     GLUCOSE_MEASUREMENT,
     RECORD_ACCESS_CONTROL_POINT,
     DeviceProfile,
@@ -78,7 +90,7 @@ from gateway_agent.ble.profiles import (
     sig_uuid,
 )
 from gateway_agent.gatt import GattDecodeError
-from gateway_agent.gatt.encode import racp_request
+from gateway_agent.gatt.encode import encode_current_time, racp_request
 from gateway_agent.gatt.glucose import (
     RacpFilterType,
     RacpOpCode,
@@ -100,7 +112,8 @@ log = logging.getLogger(__name__)
 Outcome = Literal["ok", "not_found", "timeout", "disconnected_mid_transfer", "error"]
 
 SCAN_TIMEOUT_S = 10.0
-CONNECT_TIMEOUT_S = 20.0
+CONNECT_TIMEOUT_S = 30.0
+CONNECT_ATTEMPTS = 3
 IDLE_TIMEOUT_S = 5.0
 RACP_TIMEOUT_S = 10.0
 STORED_WINDOW_S = 5.0
@@ -140,6 +153,12 @@ class ReadResult:
     """The RACP response value (1 success, 6 no records found, ...)."""
     last_sequence_number: int | None = None
     """Highest glucose record sequence number stored so far (after this read)."""
+    sequence_restarted: bool = False
+    """The meter's record numbering restarted (memory cleared): all records were fetched."""
+    battery_percent: int | None = None
+    """Battery Level read during this connection, if the device has one."""
+    clock_set: bool = False
+    """The device's Current Time was written."""
     error: str | None = None
     duration_s: float = 0.0
 
@@ -179,6 +198,11 @@ class DeviceSession:
     counters: _Counters = field(init=False, default_factory=_Counters)
     last_sequence_number: int | None = field(init=False, default=None)
     racp_response_code: int | None = field(init=False, default=None)
+    sequence_restarted: bool = field(init=False, default=False)
+    battery_percent: int | None = field(init=False, default=None)
+    clock_set: bool = field(init=False, default=False)
+    _probing: bool = field(init=False, default=False)
+    _probed_sequence_number: int | None = field(init=False, default=None)
     _subscribed_at: float | None = field(init=False, default=None)
     _changed: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     _disconnected: bool = field(init=False, default=False)
@@ -251,6 +275,10 @@ class DeviceSession:
             sequence_number = decode_glucose_measurement(payload).sequence_number
         except GattDecodeError:
             sequence_number = None  # accept keeps the bytes; progress cannot move
+        if self._probing:  # the meter's last record, asked for its number only
+            if sequence_number is not None:
+                self._probed_sequence_number = sequence_number
+            return
         if sequence_number is not None and (
             self.last_sequence_number is None or sequence_number > self.last_sequence_number
         ):
@@ -294,13 +322,9 @@ class DeviceSession:
                         "not_found",
                         f"{self.device.device_id} not seen advertising within {scan_timeout_s} s",
                     )
-            client = BleakClient(
-                ble_device,
-                self.on_disconnected,
-                timeout=connect_timeout_s,
-                backend=backends.client,
-            )
-            await self._connect(client, connect_timeout_s, connect_lock)
+            client = await self._connect(ble_device, backends, connect_timeout_s, connect_lock)
+            await self._read_battery(client, idle_timeout_s)
+            await self._set_clock(client, idle_timeout_s)
             await self._subscribe(client)
             if self.profile.uses_racp:
                 request = self._racp_request()
@@ -336,23 +360,68 @@ class DeviceSession:
             racp_request=None if request is None else request.hex(),
             racp_response_code=self.racp_response_code,
             last_sequence_number=self.last_sequence_number,
+            sequence_restarted=self.sequence_restarted,
+            battery_percent=self.battery_percent,
+            clock_set=self.clock_set,
             error=error,
             duration_s=loop.time() - started,
         )
 
     async def _connect(
-        self, client: BleakClient, timeout_s: float, lock: asyncio.Lock | None
-    ) -> None:
+        self,
+        ble_device: BLEDevice,
+        backends: BleBackends,
+        timeout_s: float,
+        lock: asyncio.Lock | None,
+    ) -> BleakClient:
+        options = {} if backends.client is None else {"backend": backends.client}
         async with lock if lock is not None else contextlib.nullcontext():
             try:
-                # bleak bounds the attempt itself; the outer bound also covers backends that
-                # do not (and a slow service discovery).
+                # Each attempt is bounded by bleak (timeout=); the outer bound covers all
+                # attempts with their backoff, and backends that do not bound themselves.
                 async with asyncio.timeout(timeout_s):
-                    await client.connect()
+                    return await establish_connection(
+                        BleakClient,
+                        ble_device,
+                        self.device.device_id,
+                        disconnected_callback=self.on_disconnected,
+                        max_attempts=CONNECT_ATTEMPTS,
+                        timeout=timeout_s,
+                        **options,
+                    )
             except TimeoutError:
                 raise _Failed("timeout", f"connecting took longer than {timeout_s} s") from None
-            except BleakDeviceNotFoundError as exc:
+            except (BleakNotFoundError, BleakDeviceNotFoundError) as exc:
                 raise _Failed("not_found", f"could not connect: {exc}") from None
+
+    async def _read_battery(self, client: BleakClient, timeout_s: float) -> None:
+        characteristic = client.services.get_characteristic(sig_uuid(BATTERY_LEVEL))
+        if characteristic is None or "read" not in characteristic.properties:
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                value = await client.read_gatt_char(characteristic)
+        except (TimeoutError, BleakError) as exc:
+            log.warning("%s: battery level not read: %r", self.device.device_id, exc)
+            return
+        if len(value) != 1 or value[0] > 100:
+            log.warning("%s: battery level %s is not a percentage", self.device.device_id, value)
+            return
+        self.battery_percent = value[0]
+        self.agent.record_battery(self.device, value[0])
+
+    async def _set_clock(self, client: BleakClient, timeout_s: float) -> None:
+        characteristic = client.services.get_characteristic(sig_uuid(CURRENT_TIME))
+        if characteristic is None or "write" not in characteristic.properties:
+            return  # many devices keep their clock read-only or have none
+        value = encode_current_time(datetime.now(self.agent.timezone))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await client.write_gatt_char(characteristic, value, response=True)
+        except (TimeoutError, BleakError) as exc:
+            log.warning("%s: device clock not set: %r", self.device.device_id, exc)
+            return
+        self.clock_set = True
 
     async def _subscribe(self, client: BleakClient) -> None:
         services = client.services
@@ -401,6 +470,46 @@ class DeviceSession:
     async def _fetch_stored_records(
         self, client: BleakClient, request: bytes, timeout_s: float
     ) -> None:
+        code = await self._racp_procedure(client, request, timeout_s)
+        remembered = self.last_sequence_number
+        if code != RacpResponseCode.NO_RECORDS_FOUND or remembered is None:
+            return
+        # Nothing after the last record stored. Ask for the meter's last record (its number
+        # only: it is not stored again); a lower number means the numbering restarted.
+        self._probing = True
+        try:
+            last_record = racp_request(
+                op_code=RacpOpCode.REPORT_STORED_RECORDS, operator=RacpOperator.LAST_RECORD
+            )
+            await self._racp_procedure(client, last_record, timeout_s)
+        except _Failed as failed:  # the read itself succeeded: nothing to lose here
+            log.warning(
+                "%s: could not check the meter's record numbering: %s",
+                self.device.device_id,
+                failed,
+            )
+            return
+        finally:
+            self._probing = False
+        newest = self._probed_sequence_number
+        if newest is None or newest >= remembered:
+            return
+        log.warning(
+            "%s: the meter's records restart at %d (was %d): its memory was cleared;"
+            " fetching every record",
+            self.device.device_id,
+            newest,
+            remembered,
+        )
+        self.sequence_restarted = True
+        self.last_sequence_number = None  # progress follows the new numbering from here
+        await self._racp_procedure(
+            client, racp_request(op_code=RacpOpCode.REPORT_STORED_RECORDS), timeout_s
+        )
+
+    async def _racp_procedure(self, client: BleakClient, request: bytes, timeout_s: float) -> int:
+        """Write one Report Stored Records request and wait for its response (records arrive
+        through ``on_value`` meanwhile); the response code, success or no records found."""
         # The future exists before the write: the response may be indicated before the
         # write's coroutine resumes.
         response = asyncio.get_running_loop().create_future()
@@ -412,23 +521,24 @@ class DeviceSession:
                 )
         except TimeoutError:
             raise _Failed("timeout", f"RACP write not answered within {timeout_s} s") from None
+        received_before = self.counters.values
         while not response.done():
             self._raise_callback_error()
             if self._disconnected:
                 raise _Failed(
                     "disconnected_mid_transfer",
                     f"device disconnected before the RACP response "
-                    f"({self.counters.values} records received)",
+                    f"({self.counters.values - received_before} records received)",
                 )
             if not await self._wait_for_change(timeout_s):
                 raise _Failed(
                     "timeout",
                     f"no RACP response or record for {timeout_s} s "
-                    f"({self.counters.values} records received)",
+                    f"({self.counters.values - received_before} records received)",
                 )
-        self._check_racp_response(response.result())
+        return self._check_racp_response(response.result())
 
-    def _check_racp_response(self, payload: bytes) -> None:
+    def _check_racp_response(self, payload: bytes) -> int:
         try:
             decoded = decode_record_access_control_point(payload)
         except GattDecodeError as exc:
@@ -439,10 +549,12 @@ class DeviceSession:
         ):
             raise _Failed("error", f"unexpected RACP response {payload.hex()}")
         code = decoded.response_code
-        self.racp_response_code = code
+        if not self._probing:
+            self.racp_response_code = code
         if code not in (RacpResponseCode.SUCCESS, RacpResponseCode.NO_RECORDS_FOUND):
             name = RacpResponseCode(code).name if code in set(RacpResponseCode) else "unknown"
             raise _Failed("error", f"RACP response code {code} ({name.lower()})")
+        return code
 
     async def _collect(self, idle_timeout_s: float, max_session_s: float) -> None:
         deadline = asyncio.get_running_loop().time() + max_session_s

@@ -176,6 +176,24 @@ def encode_float(value: MedFloatInput, exponent: int | None = None) -> bytes:
     return _encode_medfloat(value, exponent, _FLOAT)
 
 
+CURRENT_TIME_ADJUST_EXTERNAL_REFERENCE = 0x02
+"""Current Time "adjust reason" bit: set from an external reference time (the gateway)."""
+
+
+def encode_current_time(
+    now: datetime, *, adjust_reason: int = CURRENT_TIME_ADJUST_EXTERNAL_REFERENCE
+) -> bytes:
+    """The 10-byte Current Time (0x2A2B) value a gateway writes to set a device's clock.
+
+    Exact Time 256 = Date Time (7 bytes, wall clock of ``now``) + day of week (1 = Monday)
+    + fractions of a second in 1/256 s; then the adjust reason flags.
+    """
+    fractions = now.microsecond * 256 // 1_000_000
+    return (
+        encode_date_time(now) + bytes([now.isoweekday(), fractions]) + bytes([adjust_reason & 0xFF])
+    )
+
+
 def encode_date_time(dt: Timestamp) -> bytes:
     """The 7-byte Date Time of ``dt``; None gives all zeros ("not known").
 

@@ -170,7 +170,7 @@ def test_the_glucose_meter_answers_racp_report_all_records() -> None:
     [
         ([], "0101", "06000106"),  # report all, none stored: no records found
         (["2A18"], "0401", "05000100"),  # number of stored records: 1
-        (["2A18"], "0106", "06000104"),  # "last record" operator: not supported (yet)
+        (["2A18"], "0105", "06000104"),  # "first record" operator: not supported
         (["2A18"], "0200", "06000202"),  # delete: op code not supported
     ],
 )

@@ -33,13 +33,9 @@ from gateway_agent.ble.transport import (
 )
 from gateway_agent.ble.virtual_devices import VirtualBloodPressureCuff, VirtualGlucoseMeter
 from gateway_agent.devices import EnrolledDevice
-from gateway_agent.gatt.encode import glucose_measurement, racp_response
+from gateway_agent.gatt.encode import glucose_measurement
 from gateway_agent.gatt.glucose import (
-    RacpFilterType,
-    RacpOpCode,
-    RacpOperator,
     RacpResponseCode,
-    decode_glucose_measurement,
 )
 from gateway_agent.outbox import Outbox
 
@@ -132,37 +128,6 @@ def readings_in(outbox: Outbox) -> list[Stored]:
     ]
 
 
-class FilteringGlucoseMeter(VirtualGlucoseMeter):
-    """VirtualGlucoseMeter + RACP operator ">=" on sequence number (filter 0x01).
-
-    virtual_devices.VirtualGlucoseMeter supports only "all records"; this test-only subclass
-    overrides its answer hook for ">=" and leaves everything else to it.
-    """
-
-    def add_record(self, record: bytes) -> None:
-        self.records.append(record)
-
-    async def _answer(self, connection: Connection, request: bytes) -> bytes:
-        if (
-            len(request) == 5
-            and request[0] == RacpOpCode.REPORT_STORED_RECORDS
-            and request[1] == RacpOperator.GREATER_THAN_OR_EQUAL_TO
-            and request[2] == RacpFilterType.SEQUENCE_NUMBER
-        ):
-            start = int.from_bytes(request[3:5], "little")
-            matching = [
-                r for r in self.records if decode_glucose_measurement(r).sequence_number >= start
-            ]
-            if not matching:
-                return racp_response(
-                    request_op_code=request[0], response_code=RacpResponseCode.NO_RECORDS_FOUND
-                )
-            for record in matching:
-                await self.device.notify_subscriber(connection, self.measurement, record)
-            return racp_response(request_op_code=request[0], response_code=RacpResponseCode.SUCCESS)
-        return await super()._answer(connection, request)
-
-
 class HangingUpGlucoseMeter(VirtualGlucoseMeter):
     """Sends its first record, then drops the link without a RACP response."""
 
@@ -253,7 +218,7 @@ def test_glucose_records_are_fetched_once_across_reads_and_restarts(outbox_path:
 
     async def test(air: VirtualAir) -> None:
         meter = await air.add(
-            FilteringGlucoseMeter(METER.device_id, [vector("2A18", 0), vector("2A18", 1)])
+            VirtualGlucoseMeter(METER.device_id, [vector("2A18", 0), vector("2A18", 1)])
         )
 
         async def read(agent: GatewayAgent, outbox: Outbox) -> ReadResult:
@@ -282,10 +247,12 @@ def test_glucose_records_are_fetched_once_across_reads_and_restarts(outbox_path:
             assert (third.values, third.readings, third.racp_request) == (1, 1, "0103010600")
             assert second_outbox.recall(progress) == 6
 
-            # Nothing new: "no records found" (6) is success.
+            # Nothing new: "no records found" (6) is success. The meter's last record is then
+            # asked for its number only (numbering not restarted): nothing stored again.
             fourth = await read(again, second_outbox)
             assert (fourth.values, fourth.racp_request) == (0, "0103010700")
             assert fourth.racp_response_code == RacpResponseCode.NO_RECORDS_FOUND
+            assert fourth.sequence_restarted is False
 
             glucose = [r for r in readings_in(second_outbox) if r.characteristic == "2A18"]
             assert len(glucose) == 3
@@ -294,7 +261,7 @@ def test_glucose_records_are_fetched_once_across_reads_and_restarts(outbox_path:
             second_outbox.close()
 
         assert meter.requests == [
-            bytes.fromhex(h) for h in ("0101", "0103010500", "0103010600", "0103010700")
+            bytes.fromhex(h) for h in ("0101", "0103010500", "0103010600", "0103010700", "0106")
         ]
 
     run(test)
@@ -401,7 +368,7 @@ def test_devices_are_read_concurrently_and_one_failure_does_not_affect_others(
         await air.add(
             VirtualBloodPressureCuff(CUFF.device_id, [vector("2A35")], disconnect_when_done=True)
         )
-        await air.add(FilteringGlucoseMeter(METER.device_id, [vector("2A18", 0)]))
+        await air.add(VirtualGlucoseMeter(METER.device_id, [vector("2A18", 0)]))
         await air.add(VirtualBloodPressureCuff(CUFF_2.device_id, []))  # never indicates
         results = await read_devices(
             devices,
