@@ -55,6 +55,25 @@ def run_bluetooth(
     registry is invalid at start; later, an invalid registry is logged and the last valid one
     is kept. ``backends``: bleak's backend classes (None = the platform's Bluetooth).
     """
+    # One event loop for the whole run: the Bluetooth stack's state lives on it.
+    return asyncio.run(
+        serve_bluetooth(
+            settings, registry_path=registry_path, stop=stop, cycle_s=cycle_s, backends=backends
+        )
+    )
+
+
+async def serve_bluetooth(
+    settings: GatewaySettings,
+    *,
+    registry_path: Path,
+    stop: threading.Event,
+    cycle_s: float = 30.0,
+    backends: BleBackends | None = None,
+    **read_options: float,
+) -> int:
+    """:func:`run_bluetooth` on the running event loop: outbox, agent and uplink, then the
+    read cycles until ``stop``. ``read_options`` go to :func:`read_devices` (timeouts)."""
     devices = load_registry(registry_path)
     outbox = Outbox(settings.outbox_path)
     uplink: Uplink | None = None
@@ -68,17 +87,15 @@ def run_bluetooth(
     uplink.start()
     log.info("reading %d enrolled device(s) every %g s", len(devices), cycle_s)
     try:
-        # One event loop for the whole run: the Bluetooth stack's state lives on it.
-        return asyncio.run(
-            read_cycles(
-                agent,
-                outbox,
-                registry_path=registry_path,
-                devices=devices,
-                stop=stop,
-                cycle_s=cycle_s,
-                backends=backends,
-            )
+        return await read_cycles(
+            agent,
+            outbox,
+            registry_path=registry_path,
+            devices=devices,
+            stop=stop,
+            cycle_s=cycle_s,
+            backends=backends,
+            **read_options,
         )
     finally:
         uplink.stop()
