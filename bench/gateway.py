@@ -1,7 +1,10 @@
 """Gateway footprint: decode throughput on one core, and resident memory of a running gateway.
 
 Targets (issue 3): at least 200,000 payloads per second decoded on one core; under 60 MB
-resident with 6 devices and 10 simulated patients. Prints a table, writes
+resident with 6 devices and 10 simulated patients. Memory is measured twice: the simulated
+gateway (10 patients, their devices simulated in-process) and the Bluetooth run reading six
+virtual devices through bleak (:mod:`bench.bluetooth_home`; the virtual radio runs in the
+same process, so that figure is an upper bound). Prints a table, writes
 bench/results/gateway.json.
 """
 
@@ -49,8 +52,26 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def gateway_memory(seconds: float = 20.0) -> tuple[float, int]:
-    """Peak resident memory (MB) of a simulated gateway with 10 patients, and its devices."""
+def _peak_rss_mb(command: list[str], env: dict[str, str], seconds: float) -> float:
+    """Run ``command`` for ``seconds`` and return its peak resident memory (MB)."""
+    proc = subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    peak = 0.0
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and proc.poll() is None:
+            peak = max(peak, _rss_mb(proc.pid))
+            time.sleep(0.25)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return peak
+
+
+def gateway_memory(seconds: float = 20.0) -> tuple[float, int, float]:
+    """Peak resident memory (MB) of a simulated gateway with 10 patients, how many devices
+    they have, and the peak of the Bluetooth run reading six virtual devices."""
     from gateway_agent.simulator.population import build_population
 
     devices = sum(len(p.devices) for p in build_population(patients=10, seed=7))
@@ -69,8 +90,9 @@ def gateway_memory(seconds: float = 20.0) -> tuple[float, int]:
             "MQTT_URL": url,
             "MQTT_PROTOCOL": protocol,
             "GATEWAY_OUTBOX_PATH": str(workdir / "outbox.sqlite"),
+            "GATEWAY_PAGE_PORT": "0",
         }
-        proc = subprocess.Popen(
+        simulated = _peak_rss_mb(
             [
                 sys.executable,
                 "-m",
@@ -84,25 +106,43 @@ def gateway_memory(seconds: float = 20.0) -> tuple[float, int]:
                 "--rate",
                 "6",
             ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            env,
+            seconds,
         )
-        peak = 0.0
-        try:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline and proc.poll() is None:
-                peak = max(peak, _rss_mb(proc.pid))
-                time.sleep(0.25)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    return peak, devices
+        env["GATEWAY_OUTBOX_PATH"] = str(workdir / "bluetooth-outbox.sqlite")
+        bluetooth = _peak_rss_mb(
+            [sys.executable, "-m", "bench.bluetooth_home", "--seconds", str(seconds + 5)],
+            env,
+            seconds,
+        )
+    return simulated, devices, bluetooth
+
+
+_IMPORT_RSS = """
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+import gateway_agent.ble_runner
+before = rss()
+import gateway_agent.ble.bumble_backend, gateway_agent.ble.virtual_devices
+print(rss() - before)
+"""
+
+
+def virtual_radio_mb() -> float:
+    """What importing the Bumble virtual radio and devices adds to a gateway process (MB):
+    the part of the Bluetooth run's figure a gateway on a real radio does not carry."""
+    out = subprocess.run(
+        [sys.executable, "-c", _IMPORT_RSS], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip())
 
 
 def main() -> None:
     per_s, kinds = decode_throughput()
-    peak_mb, devices = gateway_memory()
+    peak_mb, devices, bluetooth_mb = gateway_memory()
+    radio_mb = virtual_radio_mb()
     results = {
         "decode_payloads_per_s": round(per_s),
         "decode_target_per_s": DECODE_TARGET_PER_S,
@@ -113,6 +153,11 @@ def main() -> None:
         "gateway_rss_ratio_to_target": round(peak_mb / MEMORY_TARGET_MB, 2),
         "gateway_patients": 10,
         "gateway_devices": devices,
+        "bluetooth_run_peak_rss_mb": round(bluetooth_mb, 1),
+        "bluetooth_run_rss_ratio_to_target": round(bluetooth_mb / MEMORY_TARGET_MB, 2),
+        "bluetooth_run_devices": 6,
+        "bluetooth_run_virtual_radio_mb": round(radio_mb, 1),
+        "bluetooth_run_without_virtual_radio_mb": round(bluetooth_mb - radio_mb, 1),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -125,6 +170,11 @@ def main() -> None:
         f"{f'gateway RSS, MB ({devices} devices)':<34}{peak_mb:>14.1f}{MEMORY_TARGET_MB:>12.0f}"
         f"{peak_mb / MEMORY_TARGET_MB:>8.2f}"
     )
+    print(
+        f"{'Bluetooth run, MB (6 virtual devices)':<34}{bluetooth_mb:>14.1f}"
+        f"{MEMORY_TARGET_MB:>12.0f}{bluetooth_mb / MEMORY_TARGET_MB:>8.2f}"
+    )
+    print(f"{'  of which the virtual radio, MB':<34}{radio_mb:>14.1f}")
     print(f"written to {RESULTS.relative_to(REPO)}")
 
 
