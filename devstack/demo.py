@@ -128,6 +128,7 @@ class DemoPlan:
     token: str
     api_port: int
     dashboard_port: int
+    page_port: int
     patients: int
     seed: int
 
@@ -143,6 +144,10 @@ class DemoPlan:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
+    @property
+    def page_url(self) -> str:
+        return f"http://127.0.0.1:{self.page_port}/"
+
     def environment(self, database_url: str, mqtt_url: str, protocol: str) -> dict[str, str]:
         return {
             **os.environ,
@@ -154,6 +159,7 @@ class DemoPlan:
             "CAREWATCH_API_URL": self.api_url,
             "GATEWAY_ID": DEMO_GATEWAY_ID,
             "GATEWAY_OUTBOX_PATH": str(self.data_dir / "gateway" / "outbox.sqlite"),
+            "GATEWAY_PAGE_PORT": str(self.page_port),
             "PYTHONUNBUFFERED": "1",
         }
 
@@ -227,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
         token=os.environ.get("CAREWATCH_API_TOKEN") or secrets.token_urlsafe(24),
         api_port=args.api_port or free_port(),
         dashboard_port=args.dashboard_port or free_port(),
+        page_port=args.page_port or free_port(),
         patients=args.patients,
         seed=args.seed,
     )
@@ -243,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             print(
                 f"\nCareWatch demo is running ({time.monotonic() - started:.0f} s to start)\n"
                 f"  Clinician workspace: {plan.dashboard_url}\n"
+                f"  A patient's page:    {plan.page_url} (the home gateway's, on localhost)\n"
                 f"  API and docs:        {plan.api_url}/docs"
                 f" (token in {_write_token(plan)})\n"
                 f"  Logs:                {plan.log_dir}\n"
@@ -274,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--api-port", type=int, default=0, help="0 = a free port")
     parser.add_argument("--dashboard-port", type=int, default=8501)
+    parser.add_argument(
+        "--page-port", type=int, default=8765, help="the demo gateway's patient page (localhost)"
+    )
     parser.add_argument("--no-browser", dest="open_browser", action="store_false")
     parser.add_argument("--run-for", type=float, default=0, help="stop after N seconds")
     args = parser.parse_args(argv)

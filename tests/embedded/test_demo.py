@@ -65,7 +65,7 @@ def demo_dir() -> Iterator[Path]:
 def test_make_demo_shows_flags_within_a_minute_and_stops_cleanly(demo_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MQTT_URL")}
     env["CAREWATCH_API_TOKEN"] = token = secrets.token_urlsafe(16)
-    api_port, dashboard_port = free_port(), free_port()
+    api_port, dashboard_port, page_port = free_port(), free_port(), free_port()
     started = time.monotonic()
     demo = subprocess.Popen(
         [
@@ -80,6 +80,8 @@ def test_make_demo_shows_flags_within_a_minute_and_stops_cleanly(demo_dir: Path)
             str(api_port),
             "--dashboard-port",
             str(dashboard_port),
+            "--page-port",
+            str(page_port),
         ],
         cwd=REPO,
         env=env,
@@ -106,6 +108,7 @@ def test_make_demo_shows_flags_within_a_minute_and_stops_cleanly(demo_dir: Path)
                 time.sleep(1)
             elapsed = time.monotonic() - started
             health = httpx.get(f"http://127.0.0.1:{dashboard_port}/_stcore/health", timeout=5)
+            patient_page = httpx.get(f"http://127.0.0.1:{page_port}/", timeout=5)
         processes |= descendants(demo.pid)
     finally:
         demo.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -115,6 +118,9 @@ def test_make_demo_shows_flags_within_a_minute_and_stops_cleanly(demo_dir: Path)
     print(f"first critical flag {elapsed:.1f} s after `make demo` started")  # a figure, not a test
     assert health.status_code == 200
     assert "Clinician workspace: http://127.0.0.1:" in text
+    assert f"A patient's page:    http://127.0.0.1:{page_port}/" in text
+    assert patient_page.status_code == 200
+    assert "Who are you?" in patient_page.text  # the demo home has several patients
     assert demo.returncode == 0, text[-3000:]
     assert len(processes) >= 5  # postgres, broker, ingest, rules, gateway, dashboard ...
     time.sleep(0.5)
