@@ -1,6 +1,6 @@
 """Pure decoders for the standard Bluetooth LE health characteristics.
 
-Bytes in, frozen dataclass out; no I/O and no third-party imports. Every decoder raises
+Bytes in, dataclass out; no I/O and no third-party imports. Every decoder raises
 :class:`GattDecodeError` (and nothing else) for a payload it cannot accept.
 
 - :func:`decode` picks the decoder by characteristic ("2A35", "0x2a35", a full 128-bit SIG

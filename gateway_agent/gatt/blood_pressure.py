@@ -30,6 +30,8 @@ _USER_ID_PRESENT = 0x08
 _STATUS_PRESENT = 0x10
 
 
+# Frozen, unlike the measurements: _status_bits hands the same cached instance to every
+# measurement with the same status, so it must not be changed in place.
 @dataclass(frozen=True, slots=True)
 class BloodPressureStatusBits:
     """The measurement status word (uint16) broken into its defined bits."""
@@ -66,7 +68,7 @@ def _status_bits(status: int) -> BloodPressureStatusBits:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BloodPressureMeasurement:
     """0x2A35: a finished blood-pressure reading (indicated by the cuff)."""
 
@@ -92,7 +94,7 @@ class BloodPressureMeasurement:
     """``measurement_status`` split into its defined bits; None when not sent."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IntermediateCuffPressure:
     """0x2A36: the cuff pressure while inflating/deflating; not a result.
 
@@ -130,6 +132,20 @@ class IntermediateCuffPressure:
 _Measurement = TypeVar("_Measurement", BloodPressureMeasurement, IntermediateCuffPressure)
 
 
+def _expected_size(flags: int) -> int:
+    return (
+        7
+        + (DATE_TIME_SIZE if flags & _TIMESTAMP_PRESENT else 0)
+        + (2 if flags & _PULSE_RATE_PRESENT else 0)
+        + (1 if flags & _USER_ID_PRESENT else 0)
+        + (2 if flags & _STATUS_PRESENT else 0)
+    )
+
+
+_SIZE_BY_FLAGS = tuple(_expected_size(flags) for flags in range(0x20))
+"""The payload size by flags b0-b4 (b5-b7 are ignored)."""
+
+
 def _layout(flags: int) -> str:
     parts = ["flags", "3 SFLOAT"]
     if flags & _TIMESTAMP_PRESENT:
@@ -149,13 +165,7 @@ def _decode(payload: Payload, measurement: type[_Measurement]) -> _Measurement:
     if size < 7:
         raise too_short(characteristic, size, 7, "flags + 3 SFLOAT")
     flags, systolic, diastolic, mean_arterial_pressure = _HEAD.unpack_from(payload, 0)
-    expected = (
-        7
-        + (DATE_TIME_SIZE if flags & _TIMESTAMP_PRESENT else 0)
-        + (2 if flags & _PULSE_RATE_PRESENT else 0)
-        + (1 if flags & _USER_ID_PRESENT else 0)
-        + (2 if flags & _STATUS_PRESENT else 0)
-    )
+    expected = _SIZE_BY_FLAGS[flags & 0x1F]
     if size != expected:
         raise length_mismatch(characteristic, size, flags, expected, _layout(flags))
     offset = 7

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import ClassVar
 
 from gateway_agent.gatt.date_time import DATE_TIME_SIZE, DateTimeFields, read_date_time
@@ -27,43 +27,76 @@ from gateway_agent.gatt.weight import (
     MEASUREMENT_UNSUCCESSFUL,
 )
 
-_HEAD = struct.Struct("<HH")
+_FLAGS = struct.Struct("<H")
 
 _IMPERIAL = 0x0001
 _TIMESTAMP_PRESENT = 0x0002
 _USER_ID_PRESENT = 0x0004
+_BASAL_METABOLISM_PRESENT = 0x0008
+_MUSCLE_PERCENTAGE_PRESENT = 0x0010
+_MUSCLE_MASS_PRESENT = 0x0020
+_FAT_FREE_MASS_PRESENT = 0x0040
+_SOFT_LEAN_MASS_PRESENT = 0x0080
+_BODY_WATER_MASS_PRESENT = 0x0100
+_IMPEDANCE_PRESENT = 0x0200
+_WEIGHT_PRESENT = 0x0400
+_HEIGHT_PRESENT = 0x0800
 _MULTIPLE_PACKET = 0x1000
 
 # The optional uint16 fields after the user ID, in wire order: (flag bit, raw-view name).
 _UINT16_FIELDS = (
-    (0x0008, "basal_metabolism"),
-    (0x0010, "muscle_percentage"),
-    (0x0020, "muscle_mass"),
-    (0x0040, "fat_free_mass"),
-    (0x0080, "soft_lean_mass"),
-    (0x0100, "body_water_mass"),
-    (0x0200, "impedance"),
-    (0x0400, "weight"),
-    (0x0800, "height"),
+    (_BASAL_METABOLISM_PRESENT, "basal_metabolism"),
+    (_MUSCLE_PERCENTAGE_PRESENT, "muscle_percentage"),
+    (_MUSCLE_MASS_PRESENT, "muscle_mass"),
+    (_FAT_FREE_MASS_PRESENT, "fat_free_mass"),
+    (_SOFT_LEAN_MASS_PRESENT, "soft_lean_mass"),
+    (_BODY_WATER_MASS_PRESENT, "body_water_mass"),
+    (_IMPEDANCE_PRESENT, "impedance"),
+    (_WEIGHT_PRESENT, "weight"),
+    (_HEIGHT_PRESENT, "height"),
 )
 _UINT16_FIELD_MASK = 0x0FF8
+_LAYOUT_FLAGS = _TIMESTAMP_PRESENT | _USER_ID_PRESENT | _UINT16_FIELD_MASK
+"""The flag bits that decide which fields are present (units and b12 do not)."""
 
 _DATE_TIME_NAMES = ("year", "month", "day", "hours", "minutes", "seconds")
-_DATE_TIME_RAW = struct.Struct("<H5B")
-
-
-@lru_cache(maxsize=_UINT16_FIELD_MASK // 8 + 1)
-def _optional_fields(
-    present: int,
-) -> tuple[struct.Struct, tuple[int, ...], tuple[str, ...]]:
-    """For the optional-field flag bits ``present``: an unpacker for those uint16 fields,
-    their indices in _UINT16_FIELDS and their names (cached: 512 combinations at most)."""
-    indices = tuple(index for index, (bit, _) in enumerate(_UINT16_FIELDS) if present & bit)
-    names = tuple(_UINT16_FIELDS[index][1] for index in indices)
-    return struct.Struct(f"<{len(indices)}H"), indices, names
 
 
 @dataclass(frozen=True, slots=True)
+class _FieldLayout:
+    """Where the fields are in a payload with given flags."""
+
+    size: int
+    """The payload size, flags included."""
+    values: struct.Struct
+    """Unpacks every field after the flags as integers, the Date Time as its six parts."""
+    names: tuple[str, ...]
+    """The raw-view name of each value of ``values``."""
+    uint16_start: int
+    """The index in ``values`` of the first optional uint16 field (after the user ID)."""
+
+
+@cache
+def _field_layout(flags: int) -> _FieldLayout:
+    """The layout for the flag bits ``flags & _LAYOUT_FLAGS`` (2048 combinations at most)."""
+    formats = ["<H"]
+    names = ["body_fat_percentage"]
+    if flags & _TIMESTAMP_PRESENT:
+        formats.append("H5B")
+        names.extend(_DATE_TIME_NAMES)
+    if flags & _USER_ID_PRESENT:
+        formats.append("B")
+        names.append("user_id")
+    uint16_start = len(names)
+    for bit, name in _UINT16_FIELDS:
+        if flags & bit:
+            formats.append("H")
+            names.append(name)
+    values = struct.Struct("".join(formats))
+    return _FieldLayout(2 + values.size, values, tuple(names), uint16_start)
+
+
+@dataclass(slots=True)
 class RawFieldValues:
     """Integer field values before scaling, in wire order, for checking a field layout."""
 
@@ -75,7 +108,7 @@ class RawFieldValues:
         return dict(self.items)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BodyCompositionMeasurement:
     """0x2A9C: one body-composition analysis (usually from a bio-impedance scale)."""
 
@@ -134,66 +167,56 @@ def decode_body_composition_measurement(payload: Payload) -> BodyCompositionMeas
     size = len(payload)
     if size < 4:
         raise too_short("2A9C", size, 4, "uint16 flags + body fat")
-    flags, raw_body_fat = _HEAD.unpack_from(payload, 0)
-    expected = (
-        4
-        + (DATE_TIME_SIZE if flags & _TIMESTAMP_PRESENT else 0)
-        + (1 if flags & _USER_ID_PRESENT else 0)
-        + 2 * (flags & _UINT16_FIELD_MASK).bit_count()
-    )
-    if size != expected:
-        raise length_mismatch("2A9C", size, flags, expected, _layout(flags))
-    raw: list[tuple[str, int]] = [("body_fat_percentage", raw_body_fat)]
-    offset = 4
+    flags = _FLAGS.unpack_from(payload, 0)[0]
+    layout = _field_layout(flags & _LAYOUT_FLAGS)
+    if size != layout.size:
+        raise length_mismatch("2A9C", size, flags, layout.size, _layout(flags))
+    values = layout.values.unpack_from(payload, 2)
+    raw = RawFieldValues(tuple(zip(layout.names, values, strict=True)))
+    raw_body_fat = values[0]
+    unsuccessful = raw_body_fat == MEASUREMENT_UNSUCCESSFUL
     timestamp = None
+    offset = 4
     if flags & _TIMESTAMP_PRESENT:
         timestamp = read_date_time(payload, offset)
         offset += DATE_TIME_SIZE
-        raw.extend(zip(_DATE_TIME_NAMES, _DATE_TIME_RAW.unpack_from(payload, 4), strict=True))
-    user_id = None
-    if flags & _USER_ID_PRESENT:
-        user_id = payload[offset]
-        offset += 1
-        raw.append(("user_id", user_id))
-    unpacker, indices, names = _optional_fields(flags & _UINT16_FIELD_MASK)
-    raw_values = unpacker.unpack_from(payload, offset)
-    raw.extend(zip(names, raw_values, strict=True))
-    optional: list[int | None] = [None] * len(_UINT16_FIELDS)
-    for index, value in zip(indices, raw_values, strict=True):
-        optional[index] = value
-    (
-        basal_metabolism,
-        muscle_percentage,
-        muscle_mass,
-        fat_free_mass,
-        soft_lean_mass,
-        body_water_mass,
-        impedance,
-        weight,
-        height,
-    ) = optional
+    user_id = payload[offset] if flags & _USER_ID_PRESENT else None
 
     imperial = flags & _IMPERIAL
     mass_divisor = LB_PER_RAW_UNIT if imperial else KG_PER_RAW_UNIT
     height_divisor = IN_PER_RAW_UNIT if imperial else M_PER_RAW_UNIT
-    unsuccessful = raw_body_fat == MEASUREMENT_UNSUCCESSFUL
+    # The uint16 fields that are present, taken in wire order.
+    uint16_values = iter(values[layout.uint16_start :])
+    basal_metabolism_kj = next(uint16_values) if flags & _BASAL_METABOLISM_PRESENT else None
+    muscle_percentage = next(uint16_values) / 10 if flags & _MUSCLE_PERCENTAGE_PRESENT else None
+    muscle_mass = next(uint16_values) / mass_divisor if flags & _MUSCLE_MASS_PRESENT else None
+    fat_free_mass = next(uint16_values) / mass_divisor if flags & _FAT_FREE_MASS_PRESENT else None
+    soft_lean_mass = next(uint16_values) / mass_divisor if flags & _SOFT_LEAN_MASS_PRESENT else None
+    body_water_mass = (
+        next(uint16_values) / mass_divisor if flags & _BODY_WATER_MASS_PRESENT else None
+    )
+    impedance_ohm = next(uint16_values) / 10 if flags & _IMPEDANCE_PRESENT else None
+    weight = next(uint16_values) / mass_divisor if flags & _WEIGHT_PRESENT else None
+    height = next(uint16_values) / height_divisor if flags & _HEIGHT_PRESENT else None
+
+    # Positional: with 18 fields, keyword arguments would double the cost of this call.
     return BodyCompositionMeasurement(
         "imperial" if imperial else "SI",
         None if unsuccessful else raw_body_fat / 10,
         unsuccessful,
         timestamp,
         user_id,
-        basal_metabolism,
-        None if muscle_percentage is None else muscle_percentage / 10,
-        None if muscle_mass is None else muscle_mass / mass_divisor,
-        None if fat_free_mass is None else fat_free_mass / mass_divisor,
-        None if soft_lean_mass is None else soft_lean_mass / mass_divisor,
-        None if body_water_mass is None else body_water_mass / mass_divisor,
-        None if impedance is None else impedance / 10,
-        None if weight is None else weight / mass_divisor,
-        None if height is None else height / height_divisor,
+        basal_metabolism_kj,
+        muscle_percentage,
+        muscle_mass,
+        fat_free_mass,
+        soft_lean_mass,
+        body_water_mass,
+        impedance_ohm,
+        weight,
+        height,
         "lb" if imperial else "kg",
         "in" if imperial else "m",
         bool(flags & _MULTIPLE_PACKET),
-        RawFieldValues(tuple(raw)),
+        raw,
     )

@@ -23,7 +23,7 @@ EARLIEST_YEAR = 1582
 _DATE_TIME = struct.Struct("<H5B")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DateTimeFields:
     """A Date Time as sent: no field is validated, so a wrong clock stays visible."""
 
@@ -72,29 +72,13 @@ class DateTimeFields:
 
 
 NOT_KNOWN = DateTimeFields(0, 0, 0, 0, 0, 0)
-"""The all-zero Date Time a device sends when its clock has never been set."""
-
-
-# A frozen dataclass's generated __init__ goes through object.__setattr__ once per field,
-# which makes it the most expensive step of a decode. The hot path below fills the slots
-# through their descriptors instead: same object, same immutability, about half the time.
-_SET_YEAR, _SET_MONTH, _SET_DAY, _SET_HOURS, _SET_MINUTES, _SET_SECONDS = (
-    vars(DateTimeFields)[name].__set__
-    for name in ("year", "month", "day", "hours", "minutes", "seconds")
-)
+"""The all-zero Date Time a device sends when its clock has never been set (shared: do not
+change its fields)."""
 
 
 def read_date_time(payload: Payload, offset: int) -> DateTimeFields:
     """The Date Time at ``offset``; the caller has checked that 7 bytes are there."""
-    year, month, day, hours, minutes, seconds = _DATE_TIME.unpack_from(payload, offset)
-    fields = object.__new__(DateTimeFields)
-    _SET_YEAR(fields, year)
-    _SET_MONTH(fields, month)
-    _SET_DAY(fields, day)
-    _SET_HOURS(fields, hours)
-    _SET_MINUTES(fields, minutes)
-    _SET_SECONDS(fields, seconds)
-    return fields
+    return DateTimeFields(*_DATE_TIME.unpack_from(payload, offset))
 
 
 def pack_date_time(fields: DateTimeFields) -> bytes:

@@ -64,7 +64,7 @@ CONTROL_SOLUTION_LOCATION = 4
 """Sample location of a meter check with control solution: not a patient measurement."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GlucoseMeasurement:
     """0x2A18: one stored glucose-meter record."""
 
@@ -97,6 +97,19 @@ class GlucoseMeasurement:
         )
 
 
+def _glucose_size(flags: int) -> int:
+    return (
+        10
+        + (2 if flags & _TIME_OFFSET_PRESENT else 0)
+        + (3 if flags & _CONCENTRATION_PRESENT else 0)
+        + (2 if flags & _SENSOR_STATUS_PRESENT else 0)
+    )
+
+
+_GLUCOSE_SIZE_BY_FLAGS = tuple(_glucose_size(flags) for flags in range(0x10))
+"""The payload size by flags b0-b3 (b4-b7 do not change it)."""
+
+
 def _glucose_layout(flags: int) -> str:
     parts = ["flags", "sequence number", "base time"]
     if flags & _TIME_OFFSET_PRESENT:
@@ -114,12 +127,7 @@ def decode_glucose_measurement(payload: Payload) -> GlucoseMeasurement:
     if size < 10:
         raise too_short("2A18", size, 10, "flags + sequence number + base time")
     flags, sequence_number = _HEAD.unpack_from(payload, 0)
-    expected = (
-        10
-        + (2 if flags & _TIME_OFFSET_PRESENT else 0)
-        + (3 if flags & _CONCENTRATION_PRESENT else 0)
-        + (2 if flags & _SENSOR_STATUS_PRESENT else 0)
-    )
+    expected = _GLUCOSE_SIZE_BY_FLAGS[flags & 0x0F]
     if size != expected:
         raise length_mismatch("2A18", size, flags, expected, _glucose_layout(flags))
     base_time = read_date_time(payload, 3)
@@ -227,7 +235,7 @@ _LAST_OPERATOR = RacpOperator.LAST_RECORD.value
 _SEQUENCE_NUMBER_FILTER = RacpFilterType.SEQUENCE_NUMBER.value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecordAccessControlPoint:
     """0x2A52: one RACP request (written by the gateway) or response (indicated by the meter).
 

@@ -40,7 +40,7 @@ _SENSOR_CONTACT_BY_BITS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HeartRateMeasurement:
     """0x2A37: one heart-rate notification from a strap or watch."""
 

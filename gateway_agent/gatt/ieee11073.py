@@ -63,6 +63,14 @@ _FLOAT_SPECIAL_BY_RAW = {raw: special for special, raw in FLOAT_SPECIAL_RAW.item
 # mantissa / 10**k is the double nearest to the decimal value, for any k.
 _POWERS_OF_TEN: tuple[int, ...] = tuple(10**k for k in range(129))
 
+# The SFLOAT power of ten by the exponent's 4 bits, as a float: 10**e for 0..7 (multiply), and
+# 10**(16-e) for 8..15, i.e. exponents -8..-1 (divide). These are exact doubles, and so is a
+# 12-bit mantissa times 10**7, so float arithmetic gives exactly the doubles that integer
+# arithmetic (as in float_from_raw) gives: exact products, correctly rounded quotients.
+_SFLOAT_POWERS_OF_TEN: tuple[float, ...] = tuple(
+    float(10**exponent if exponent < 8 else 10 ** (16 - exponent)) for exponent in range(16)
+)
+
 _UINT16 = struct.Struct("<H")
 _UINT32 = struct.Struct("<I")
 
@@ -76,8 +84,8 @@ def sfloat_from_raw(raw: int) -> MedFloat:
         mantissa -= 0x1000
     exponent = raw >> 12
     if exponent >= 8:
-        return mantissa / _POWERS_OF_TEN[16 - exponent]
-    return float(mantissa * _POWERS_OF_TEN[exponent])
+        return mantissa / _SFLOAT_POWERS_OF_TEN[exponent]
+    return mantissa * _SFLOAT_POWERS_OF_TEN[exponent]
 
 
 def float_from_raw(raw: int) -> MedFloat:
@@ -93,7 +101,7 @@ def float_from_raw(raw: int) -> MedFloat:
     return float(mantissa * _POWERS_OF_TEN[exponent])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SFloatValue:
     """A bare SFLOAT (2 bytes), as decoded on its own for tests and tools."""
 
@@ -103,7 +111,7 @@ class SFloatValue:
     """The number, or the special value the bytes encode."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FloatValue:
     """A bare FLOAT (4 bytes), as decoded on its own for tests and tools."""
 

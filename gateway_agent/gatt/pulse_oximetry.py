@@ -65,7 +65,7 @@ def _read_device_status(payload: Payload, offset: int) -> int:
     return _UINT16.unpack_from(payload, offset)[0] | payload[offset + 2] << 16
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlxSpotCheckMeasurement:
     """0x2A5E: one spot-check reading from a pulse oximeter."""
 
@@ -87,7 +87,7 @@ class PlxSpotCheckMeasurement:
     """True when the oximeter says its clock is not set, so ``timestamp`` means nothing."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PlxContinuousMeasurement:
     """0x2A5F: one continuous-monitoring notification from a pulse oximeter."""
 
@@ -126,6 +126,20 @@ _CONT_DEVICE_STATUS = 0x08
 _CONT_PAI = 0x10
 
 
+def _spot_check_size(flags: int) -> int:
+    return (
+        5
+        + (DATE_TIME_SIZE if flags & _SPOT_TIMESTAMP else 0)
+        + (2 if flags & _SPOT_STATUS else 0)
+        + (3 if flags & _SPOT_DEVICE_STATUS else 0)
+        + (2 if flags & _SPOT_PAI else 0)
+    )
+
+
+_SPOT_CHECK_SIZE_BY_FLAGS = tuple(_spot_check_size(flags) for flags in range(0x10))
+"""The payload size by flags b0-b3 (b4-b7 do not change it)."""
+
+
 def _spot_check_layout(flags: int) -> str:
     parts = ["flags", "SpO2", "PR"]
     if flags & _SPOT_TIMESTAMP:
@@ -145,13 +159,7 @@ def decode_plx_spot_check(payload: Payload) -> PlxSpotCheckMeasurement:
     if size < 5:
         raise too_short("2A5E", size, 5, "flags + SpO2 + PR")
     flags, spo2, pulse_rate = _HEAD.unpack_from(payload, 0)
-    expected = (
-        5
-        + (DATE_TIME_SIZE if flags & _SPOT_TIMESTAMP else 0)
-        + (2 if flags & _SPOT_STATUS else 0)
-        + (3 if flags & _SPOT_DEVICE_STATUS else 0)
-        + (2 if flags & _SPOT_PAI else 0)
-    )
+    expected = _SPOT_CHECK_SIZE_BY_FLAGS[flags & 0x0F]
     if size != expected:
         raise length_mismatch("2A5E", size, flags, expected, _spot_check_layout(flags))
     offset = 5
@@ -181,6 +189,21 @@ def decode_plx_spot_check(payload: Payload) -> PlxSpotCheckMeasurement:
     )
 
 
+def _continuous_size(flags: int) -> int:
+    return (
+        5
+        + (4 if flags & _CONT_FAST else 0)
+        + (4 if flags & _CONT_SLOW else 0)
+        + (2 if flags & _CONT_STATUS else 0)
+        + (3 if flags & _CONT_DEVICE_STATUS else 0)
+        + (2 if flags & _CONT_PAI else 0)
+    )
+
+
+_CONTINUOUS_SIZE_BY_FLAGS = tuple(_continuous_size(flags) for flags in range(0x20))
+"""The payload size by flags b0-b4 (b5-b7 are RFU)."""
+
+
 def _continuous_layout(flags: int) -> str:
     parts = ["flags", "SpO2", "PR"]
     if flags & _CONT_FAST:
@@ -202,14 +225,7 @@ def decode_plx_continuous(payload: Payload) -> PlxContinuousMeasurement:
     if size < 5:
         raise too_short("2A5F", size, 5, "flags + SpO2 + PR")
     flags, spo2, pulse_rate = _HEAD.unpack_from(payload, 0)
-    expected = (
-        5
-        + (4 if flags & _CONT_FAST else 0)
-        + (4 if flags & _CONT_SLOW else 0)
-        + (2 if flags & _CONT_STATUS else 0)
-        + (3 if flags & _CONT_DEVICE_STATUS else 0)
-        + (2 if flags & _CONT_PAI else 0)
-    )
+    expected = _CONTINUOUS_SIZE_BY_FLAGS[flags & 0x1F]
     if size != expected:
         raise length_mismatch("2A5F", size, flags, expected, _continuous_layout(flags))
     offset = 5

@@ -34,7 +34,7 @@ TEMPERATURE_TYPES: dict[int, str] = {
 """Where the temperature was taken, by the value of the type field."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TemperatureMeasurement:
     """0x2A1C: one thermometer reading."""
 
@@ -48,6 +48,18 @@ class TemperatureMeasurement:
     """The thermometer's clock at the measurement; None when not sent."""
     temperature_type: int | None
     """Body site, see TEMPERATURE_TYPES (4 = finger); None when not sent."""
+
+
+def _expected_size(flags: int) -> int:
+    return (
+        5
+        + (DATE_TIME_SIZE if flags & _TIMESTAMP_PRESENT else 0)
+        + (1 if flags & _TYPE_PRESENT else 0)
+    )
+
+
+_SIZE_BY_FLAGS = tuple(_expected_size(flags) for flags in range(0x08))
+"""The payload size by flags b0-b2 (b3-b7 are RFU)."""
 
 
 def _layout(flags: int) -> str:
@@ -65,11 +77,7 @@ def decode_temperature_measurement(payload: Payload) -> TemperatureMeasurement:
     if size < 5:
         raise too_short("2A1C", size, 5, "flags + FLOAT")
     flags, temperature = _HEAD.unpack_from(payload, 0)
-    expected = (
-        5
-        + (DATE_TIME_SIZE if flags & _TIMESTAMP_PRESENT else 0)
-        + (1 if flags & _TYPE_PRESENT else 0)
-    )
+    expected = _SIZE_BY_FLAGS[flags & 0x07]
     if size != expected:
         raise length_mismatch("2A1C", size, flags, expected, _layout(flags))
     timestamp = None

@@ -36,7 +36,7 @@ _USER_ID_PRESENT = 0x04
 _BMI_AND_HEIGHT_PRESENT = 0x08
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WeightMeasurement:
     """0x2A9D: one weighing."""
 
@@ -60,6 +60,19 @@ class WeightMeasurement:
     """"m" (SI) or "in" (imperial)."""
 
 
+def _expected_size(flags: int) -> int:
+    return (
+        3
+        + (DATE_TIME_SIZE if flags & _TIMESTAMP_PRESENT else 0)
+        + (1 if flags & _USER_ID_PRESENT else 0)
+        + (4 if flags & _BMI_AND_HEIGHT_PRESENT else 0)
+    )
+
+
+_SIZE_BY_FLAGS = tuple(_expected_size(flags) for flags in range(0x10))
+"""The payload size by flags b0-b3 (b4-b7 are RFU)."""
+
+
 def _layout(flags: int) -> str:
     parts = ["flags", "weight"]
     if flags & _TIMESTAMP_PRESENT:
@@ -77,12 +90,7 @@ def decode_weight_measurement(payload: Payload) -> WeightMeasurement:
     if size < 3:
         raise too_short("2A9D", size, 3, "flags + weight")
     flags, raw_weight = _HEAD.unpack_from(payload, 0)
-    expected = (
-        3
-        + (DATE_TIME_SIZE if flags & _TIMESTAMP_PRESENT else 0)
-        + (1 if flags & _USER_ID_PRESENT else 0)
-        + (4 if flags & _BMI_AND_HEIGHT_PRESENT else 0)
-    )
+    expected = _SIZE_BY_FLAGS[flags & 0x0F]
     if size != expected:
         raise length_mismatch("2A9D", size, flags, expected, _layout(flags))
     imperial = flags & _IMPERIAL
