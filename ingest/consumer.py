@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import queue
 import threading
 import time
@@ -544,6 +545,9 @@ class ReadingConsumer:
             )
             for gateway_id, payload in plan.statuses:
                 _store_status(conn, gateway_id, payload)
+        if self._settings.failpoint == "after_commit" and inserted:
+            log.warning("failpoint after_commit: exiting between commit and acks")
+            os._exit(70)
         duplicates = len(plan.readings) - len(inserted)
         self._counters.add(
             messages=len(batch),

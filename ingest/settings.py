@@ -42,6 +42,9 @@ class IngestSettings(BaseSettings):
     api_token: SecretStr = Field(SecretStr(DEVELOPMENT_API_TOKEN), alias="CAREWATCH_API_TOKEN")
     db_wait_seconds: float = Field(30.0, alias="INGEST_DB_WAIT_SECONDS")
     rules_file: str | None = Field(None, alias="RULES_FILE")
+    # Fault injection for the fault tests only (refused outside CAREWATCH_ENV=test):
+    # "after_commit" ends the process right after a batch commits, before any ack is sent.
+    failpoint: Literal["after_commit"] | None = Field(None, alias="CAREWATCH_FAILPOINT")
 
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_development(self) -> IngestSettings:
@@ -53,6 +56,8 @@ class IngestSettings(BaseSettings):
                 "CAREWATCH_API_TOKEN is the development default; set a real token "
                 "(or CAREWATCH_ENV=development for a local run)"
             )
+        if self.failpoint is not None and self.environment != "test":
+            raise ValueError("CAREWATCH_FAILPOINT is for the fault tests: CAREWATCH_ENV=test only")
         return self
 
     @property
