@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -23,8 +23,6 @@ from carewatch_contract.messages import (
 )
 from ingest.consumer import ReadingConsumer
 from ingest.counters import IngestCounters
-from ingest.registry import PatientRecord, enroll
-from ingest.settings import IngestSettings
 from tests.conftest import BrokerInfo
 from tests.unit.test_contract import NOW, a_reading
 
@@ -66,35 +64,6 @@ class Gateway:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture
-def home(db: psycopg.Connection, unique_id: str) -> tuple[str, str]:
-    gateway_id, patient_id = f"gw-{unique_id}", f"pt-{unique_id}"
-    enroll(db, gateway_id=gateway_id, patients=[PatientRecord(patient_id, "Test Patient")])
-    db.commit()
-    return gateway_id, patient_id
-
-
-@pytest.fixture
-def consumer(
-    database_url: str, broker: BrokerInfo, unique_id: str
-) -> Iterator[tuple[ReadingConsumer, IngestCounters]]:
-    settings = IngestSettings(
-        CAREWATCH_ENV="test",
-        CAREWATCH_API_TOKEN="test-token",
-        DATABASE_URL=database_url,
-        MQTT_URL=broker.url,
-        MQTT_PROTOCOL=broker.protocol,
-        INGEST_CLIENT_ID=f"ingest-test-{unique_id}",
-    )
-    counters = IngestCounters()
-    worker = ReadingConsumer(settings, counters)
-    worker.start()
-    assert wait_until(lambda: worker.connected), "ingest did not connect to the broker"
-    time.sleep(0.2)  # let the subscription settle
-    yield worker, counters
-    worker.stop()
 
 
 def quarantined(db: psycopg.Connection, columns: str, unique_id: str) -> list[tuple[object, ...]]:
