@@ -20,6 +20,7 @@ not committed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -107,6 +108,7 @@ class Delivery:
     mid: int
     qos: int
     connection: int  # which broker connection delivered it: message ids are per connection
+    arrived: float = field(default_factory=time.monotonic)  # for the lag and latency metrics
 
 
 @dataclass(slots=True)
@@ -336,6 +338,8 @@ class ReadingConsumer:
         self._bindings = BindingCache()
         self._writer_failed = threading.Event()
         self._connection = 0
+        self._in_hand: list[tuple[list[Delivery], Isolation]] = []
+        counters.watch_backlog(self.backlog)
         self._writer = threading.Thread(target=self._run_writer, name="ingest-writer", daemon=True)
         self._endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
         self._client = make_client(
@@ -357,6 +361,18 @@ class ReadingConsumer:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def backlog(self) -> tuple[int, float]:
+        """Messages received and not yet committed, and how long the oldest has waited (s).
+
+        Read from other threads without a lock: a gauge may be a moment out of date."""
+        in_hand = [d for deliveries, _ in list(self._in_hand) for d in deliveries]
+        waiting = len(in_hand) + self._deliveries.qsize()
+        oldest = in_hand[0] if in_hand else None
+        if oldest is None:
+            with contextlib.suppress(IndexError):  # emptied meanwhile by the writer
+                oldest = self._deliveries.queue[0]
+        return waiting, 0.0 if oldest is None else time.monotonic() - oldest.arrived
 
     @property
     def writer_alive(self) -> bool:
@@ -453,6 +469,7 @@ class ReadingConsumer:
         # refuses a batch (bad data, not an outage), its messages are retried one by one,
         # reading by reading, so that only what the database refuses ends in the quarantine.
         pending: list[tuple[list[Delivery], Isolation]] = []
+        self._in_hand = pending  # read by the backlog gauges
         backoff = 0.5
         next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
         while not (self._stop.is_set() and not pending):
@@ -549,13 +566,16 @@ class ReadingConsumer:
             log.warning("failpoint after_commit: exiting between commit and acks")
             os._exit(70)
         duplicates = len(plan.readings) - len(inserted)
+        committed_at = time.monotonic()
         self._counters.add(
             messages=len(batch),
             committed=len(inserted),
             duplicates=duplicates,
             batches=1,
+            follow_ups=len(new_items),
             quarantined=Counter(q.reason for q in plan.quarantined),
         )
+        self._counters.observe_batch(len(batch), [committed_at - d.arrived for d in batch])
         if plan.quarantined:
             log.info(
                 "quarantined %d item(s): %s",

@@ -107,6 +107,17 @@ def test_readings_are_stored_once_and_acked_after_commit(
     assert acked == {r.reading_id for r in readings}
     assert counters.readings_committed == 10
     assert counters.duplicates_suppressed == 10
+    metrics = dict(
+        line.rsplit(" ", 1) for line in counters.render().splitlines() if not line.startswith("#")
+    )
+    assert metrics["carewatch_ingest_batch_messages_count"] == str(counters.batches_committed)
+    assert int(metrics['carewatch_ingest_batch_messages_bucket{le="+Inf"}']) >= 1
+    # One latency per message (a shared broker also brings other gateways' retained status).
+    assert metrics["carewatch_ingest_commit_latency_seconds_count"] == str(
+        counters.messages_received
+    )
+    assert float(metrics["carewatch_ingest_commit_latency_seconds_sum"]) > 0
+    assert metrics["carewatch_ingest_pending_messages"] == "0"  # nothing left behind
 
 
 def test_bad_readings_are_quarantined_and_acked_as_rejected(
