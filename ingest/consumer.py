@@ -43,6 +43,7 @@ from carewatch_contract.messages import (
     Ack,
     AckRejection,
     ContractError,
+    GatewayStatus,
     claimed_reading_ids,
     encode_ack,
     encode_follow_up_request,
@@ -109,6 +110,7 @@ class Delivery:
     qos: int
     connection: int  # which broker connection delivered it: message ids are per connection
     arrived: float = field(default_factory=time.monotonic)  # for the lag and latency metrics
+    retained: bool = False  # a retained message replayed on subscribe, not news
 
 
 @dataclass(slots=True)
@@ -121,7 +123,8 @@ class BatchPlan:
     quarantined: list[quarantine.QuarantineEntry] = field(default_factory=list)
     acks: dict[str, list[str]] = field(default_factory=dict)
     rejections: dict[str, list[AckRejection]] = field(default_factory=dict)
-    statuses: list[tuple[str, bytes]] = field(default_factory=list)
+    statuses: list[tuple[GatewayStatus, bool]] = field(default_factory=list)
+    """Each gateway status with whether it was a retained replay."""
 
 
 class Bindings(Protocol):
@@ -148,7 +151,7 @@ def plan_batch(
             continue  # not a contract topic: nothing we subscribe to
         kind = d.topic.rsplit("/", 1)[1]
         if kind == topics.STATUS:
-            plan.statuses.append((topic_gateway, d.payload))
+            _plan_status(plan, d, topic_gateway, max_payload_bytes)
             continue
         if kind == topics.REQUESTS:
             _plan_request(plan, d, topic_gateway, bindings, max_payload_bytes)
@@ -228,6 +231,28 @@ def plan_batch(
             plan.readings.append(StoredReading(topic_gateway, reading))
             committed.append(reading.reading_id)
     return plan
+
+
+def _plan_status(plan: BatchPlan, d: Delivery, topic_gateway: str, max_payload_bytes: int) -> None:
+    """A gateway's retained status: applied when well-formed and its own, else quarantined."""
+
+    def reject(reason: str, detail: str) -> None:
+        plan.quarantined.append(
+            quarantine.QuarantineEntry(d.topic, topic_gateway, reason, detail, d.payload)
+        )
+
+    if len(d.payload) > max_payload_bytes:
+        reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
+        return
+    try:
+        status = parse_status(d.payload)
+    except ContractError as exc:
+        reject(exc.reason, exc.detail)
+        return
+    if status.gateway_id != topic_gateway:
+        reject("gateway_mismatch", "payload gateway_id differs from the topic's gateway")
+        return
+    plan.statuses.append((status, d.retained))
 
 
 def _plan_request(
@@ -431,7 +456,14 @@ class ReadingConsumer:
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
         self._deliveries.put(
-            Delivery(message.topic, message.payload, message.mid, message.qos, self._connection)
+            Delivery(
+                message.topic,
+                message.payload,
+                message.mid,
+                message.qos,
+                self._connection,
+                retained=bool(message.retain),
+            )
         )
 
     # -- writer thread -------------------------------------------------------------------
@@ -560,8 +592,8 @@ class ReadingConsumer:
             quarantine.store(
                 conn, plan.quarantined, keep_bytes=self._settings.quarantine_keep_bytes
             )
-            for gateway_id, payload in plan.statuses:
-                _store_status(conn, gateway_id, payload)
+            for status, retained in plan.statuses:
+                _store_status(conn, status, retained=retained)
         if self._settings.failpoint == "after_commit" and inserted:
             log.warning("failpoint after_commit: exiting between commit and acks")
             os._exit(70)
@@ -688,34 +720,40 @@ class ReadingConsumer:
         return inserted
 
 
-def _store_status(conn: psycopg.Connection, gateway_id: str, payload: bytes) -> None:
-    """Record a gateway's retained status (online/offline, devices' battery)."""
-    try:
-        status = parse_status(payload)
-    except ContractError as exc:
-        log.info("ignoring malformed status from a gateway: %s", exc.reason)
+def _store_status(conn: psycopg.Connection, status: GatewayStatus, *, retained: bool) -> None:
+    """Record a gateway's status (online/offline, devices' battery).
+
+    The state's time is the status's own ``at``; a status without one (the last will) dates
+    a change of state to now and leaves an unchanged state's time alone, so the retained
+    statuses every ingest restart replays do not move it. A status older than the one stored
+    changes nothing. Only a live ``online`` (not a retained replay) counts as seen.
+    """
+    updated = conn.execute(
+        "UPDATE gateways SET state = %(state)s,"
+        " state_at = coalesce(%(at)s, CASE WHEN state IS DISTINCT FROM %(state)s THEN now()"
+        " ELSE state_at END),"
+        " software = coalesce(%(software)s, software),"
+        " outbox_pending = coalesce(%(pending)s, outbox_pending),"
+        " warnings = %(warnings)s,"
+        " last_seen_at = CASE WHEN %(state)s = 'online' AND NOT %(retained)s THEN now()"
+        " ELSE last_seen_at END"
+        " WHERE gateway_id = %(gateway)s"
+        " AND (%(at)s::timestamptz IS NULL OR state_at IS NULL OR %(at)s >= state_at)",
+        {
+            "state": str(status.state),
+            "at": status.at,
+            "software": status.software,
+            "pending": status.outbox_pending,
+            "warnings": list(status.warnings),
+            "retained": retained,
+            "gateway": status.gateway_id,
+        },
+    ).rowcount
+    if not updated:
         return
-    if status.gateway_id != gateway_id:
-        return
-    conn.execute(
-        "UPDATE gateways SET state = %s, state_at = coalesce(%s, now()), software ="
-        " coalesce(%s, software), outbox_pending = coalesce(%s, outbox_pending),"
-        " warnings = %s,"
-        " last_seen_at = CASE WHEN %s = 'online' THEN now() ELSE last_seen_at END"
-        " WHERE gateway_id = %s",
-        (
-            str(status.state),
-            status.at,
-            status.software,
-            status.outbox_pending,
-            list(status.warnings),
-            str(status.state),
-            gateway_id,
-        ),
-    )
     for device in status.devices:
         if device.battery_percent is not None:
             conn.execute(
                 "UPDATE devices SET battery_percent = %s WHERE gateway_id = %s AND device_id = %s",
-                (device.battery_percent, gateway_id, device.device_id),
+                (device.battery_percent, status.gateway_id, device.device_id),
             )

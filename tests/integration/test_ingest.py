@@ -16,13 +16,17 @@ import pytest
 from carewatch_contract import topics
 from carewatch_contract.broker import BrokerEndpoint
 from carewatch_contract.messages import (
+    GatewayState,
+    GatewayStatus,
     ReadingBatch,
     encode_reading_batch,
+    encode_status,
     parse_ack,
     reading_to_dict,
 )
 from ingest.consumer import ReadingConsumer
 from ingest.counters import IngestCounters
+from ingest.settings import IngestSettings
 from tests.conftest import BrokerInfo
 from tests.unit.test_contract import NOW, a_reading
 
@@ -273,3 +277,60 @@ def test_a_message_the_database_refuses_is_quarantined_and_the_rest_stored(
     assert rejected == {poison.reading_id}  # it leaves the gateway's outbox, kept aside there
     assert consumer[0].writer_alive
     assert counters.database_errors >= 2  # the batch, then the one message
+
+
+def test_a_status_is_applied_once_and_a_retained_replay_moves_no_time(
+    db: psycopg.Connection,
+    home: tuple[str, str],
+    database_url: str,
+    broker: BrokerInfo,
+    unique_id: str,
+) -> None:
+    """The last will (no time of its own) dates the change to offline; the retained copy an
+    ingest restart receives again changes neither that time nor "last seen"; a malformed
+    status is quarantined."""
+    gateway_id, _patient = home
+    topic = topics.gateway_topic(gateway_id, topics.STATUS)
+    gateway = Gateway(broker, gateway_id)
+
+    def state() -> tuple[object, ...]:
+        db.rollback()
+        row = db.execute(
+            "SELECT state, state_at, last_seen_at FROM gateways WHERE gateway_id = %s",
+            (gateway_id,),
+        ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    def run_consumer(name: str) -> ReadingConsumer:
+        settings = IngestSettings(
+            CAREWATCH_ENV="test",
+            CAREWATCH_API_TOKEN="test-token",
+            DATABASE_URL=database_url,
+            MQTT_URL=broker.url,
+            MQTT_PROTOCOL=broker.protocol,
+            INGEST_CLIENT_ID=f"ingest-{name}-{unique_id}",
+        )
+        worker = ReadingConsumer(settings, IngestCounters())
+        worker.start()
+        assert wait_until(lambda: worker.connected)
+        return worker
+
+    try:
+        worker = run_consumer("first")
+        will = encode_status(GatewayStatus(gateway_id, GatewayState.OFFLINE))
+        gateway.client.publish(topic, will, qos=1, retain=True).wait_for_publish(10)
+        assert wait_until(lambda: state()[0] == "offline")
+        _, offline_at, last_seen = state()
+        worker.stop()
+        time.sleep(1.1)  # so that a wrongly re-stamped time would differ
+
+        restarted = run_consumer("second")  # receives the retained will again
+        gateway.client.publish(topics.gateway_topic(gateway_id, topics.STATUS), b"{nope", qos=1)
+        assert wait_until(lambda: bool(quarantined(db, "reason", unique_id)))
+        restarted.stop()
+        assert state() == ("offline", offline_at, last_seen)
+        assert quarantined(db, "reason", unique_id) == [("bad_json",)]
+    finally:
+        gateway.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)  # clear
+        gateway.close()
