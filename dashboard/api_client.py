@@ -284,6 +284,26 @@ class CareWatchApi:
             f"{API_PREFIX}/patients/{_path_segment(patient_id)}/readings", params=params
         )
 
+    def readings_summary(
+        self,
+        patient_id: str,
+        bucket: Literal["hour", "day"] = "hour",
+        *,
+        since: datetime | None = None,
+        loinc: str | None = None,
+    ) -> list[JsonObject]:
+        """The patient's readings per UTC hour or day, by metric then time: ``{loinc, unit,
+        bucket, n, min_value, max_value, avg_value, last_value, last_at}`` per bucket, from the
+        bucket holding ``since`` (the API's default: 7 days back for hours, 90 for days)."""
+        params: dict[str, str] = {"bucket": bucket}
+        if since is not None:
+            params["since"] = since.isoformat()
+        if loinc is not None:
+            params["loinc"] = loinc
+        return self._get(
+            f"{API_PREFIX}/patients/{_path_segment(patient_id)}/readings/summary", params=params
+        )
+
     # --- rules and service ---------------------------------------------------------------------
 
     def thresholds(self, loinc: str | None = None) -> JsonObject:

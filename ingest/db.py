@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,59 @@ def migrate(url: str) -> list[str]:
 def ensure_partitions(conn: psycopg.Connection) -> None:
     """Create the coming months' reading partitions (a no-op on TimescaleDB)."""
     conn.execute("SELECT carewatch_ensure_reading_partitions()")
+
+
+def migrated_storage(conn: psycopg.Connection) -> str:
+    """``native`` or ``timescale``: the storage kind the migrations chose for this database."""
+    row = conn.execute("SELECT storage FROM schema_migrations LIMIT 1").fetchone()
+    if row is None:
+        raise RuntimeError("the database is not migrated: run ingest.db.migrate first")
+    return str(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class RollupRefresh:
+    """What :func:`refresh_rollups` did. ``refreshed`` is False when it left the work to
+    TimescaleDB's policies; the counts are known on native storage only."""
+
+    storage: str
+    refreshed: bool
+    new_readings: int | None = None
+    hourly_buckets: int | None = None
+    daily_buckets: int | None = None
+
+
+def refresh_rollups(
+    conn: psycopg.Connection, *, force: bool = False, rebuild: bool = False
+) -> RollupRefresh:
+    """Bring the hourly and daily rollups (``readings_hourly``, ``readings_daily``) up to date.
+
+    Native storage: ``carewatch_refresh_rollups()`` recomputes only the buckets touched by
+    readings committed since its last run, in the caller's transaction (commit promptly: a
+    concurrent refresh waits for it). ``rebuild=True`` recomputes every bucket (needed only
+    after readings were deleted). Cheap when nothing is new, so it may run often.
+
+    TimescaleDB: the continuous aggregates' policies refresh them, so this does nothing unless
+    ``force`` (or ``rebuild``) asks to refresh them now, which needs an autocommit connection
+    (``refresh_continuous_aggregate`` cannot run inside a transaction).
+    """
+    storage = migrated_storage(conn)
+    if storage != "timescale":
+        row = conn.execute(
+            "SELECT new_readings, hourly_buckets, daily_buckets FROM carewatch_refresh_rollups(%s)",
+            (rebuild,),
+        ).fetchone()
+        assert row is not None  # a function with OUT parameters returns one row
+        return RollupRefresh(storage, True, int(row[0]), int(row[1]), int(row[2]))
+    if not (force or rebuild):
+        return RollupRefresh(storage, False)
+    if not conn.autocommit:
+        raise ValueError("refreshing continuous aggregates needs an autocommit connection")
+    for view in ("readings_hourly", "readings_daily"):
+        conn.execute(
+            sql.SQL("CALL refresh_continuous_aggregate({}, NULL, NULL)").format(sql.Literal(view))
+        )
+    return RollupRefresh(storage, True)
 
 
 def make_pool(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from ingest.api.deps import CallerDep, ConnDep, audited
 from ingest.readings import patient_readings
+from ingest.rollups import Bucket, patient_summary
 
 router = APIRouter(prefix="/api/v1/patients", tags=["patients"])
 
@@ -100,4 +101,36 @@ def get_readings(
     since = datetime.now(UTC) - timedelta(days=days)
     rows = patient_readings(conn, patient_id=patient_id, since=since, loinc=loinc)
     audited(conn, caller, action="read.readings", resource=resource, outcome="ok")
+    return rows
+
+
+#: How far back a summary reaches when the caller gives no ``since``.
+SUMMARY_DEFAULT_SPAN = {"hour": timedelta(days=7), "day": timedelta(days=90)}
+
+
+@router.get("/{patient_id}/readings/summary")
+def get_readings_summary(
+    patient_id: str,
+    conn: ConnDep,
+    caller: CallerDep,
+    bucket: Bucket = "hour",
+    since: datetime | None = None,
+    loinc: Annotated[str | None, Query(max_length=16)] = None,
+) -> list[dict[str, Any]]:
+    """The patient's readings per UTC hour or day: ``n``, ``min_value``, ``max_value``,
+    ``avg_value``, ``last_value`` and ``last_at`` per metric (``loinc``) and unit, from the
+    bucket holding ``since`` (default: 7 days ago for hours, 90 for days), by metric then time.
+    Read from the rollups (``readings_hourly`` / ``readings_daily``) on either storage."""
+    resource = f"patient/{patient_id}/readings/summary"
+    exists = conn.execute("SELECT 1 FROM patients WHERE patient_id = %s", (patient_id,)).fetchone()
+    if exists is None:
+        audited(
+            conn, caller, action="read.readings.summary", resource=resource, outcome="not_found"
+        )
+        conn.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
+    if since is None:
+        since = datetime.now(UTC) - SUMMARY_DEFAULT_SPAN[bucket]
+    rows = patient_summary(conn, patient_id=patient_id, bucket=bucket, since=since, loinc=loinc)
+    audited(conn, caller, action="read.readings.summary", resource=resource, outcome="ok")
     return rows
