@@ -56,7 +56,7 @@ from carewatch_contract.messages import (
 )
 from ingest import quarantine
 from ingest.counters import IngestCounters
-from ingest.db import ensure_partitions
+from ingest.db import ensure_partitions, refresh_rollups
 from ingest.follow_ups import (
     StoredReceipt,
     StoredRequest,
@@ -504,13 +504,14 @@ class ReadingConsumer:
         self._in_hand = pending  # read by the backlog gauges
         backoff = 0.5
         next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+        next_rollup = time.monotonic()
         while not (self._stop.is_set() and not pending):
             if not pending:
                 batch = self._next_batch()
-                if not batch:
-                    continue
-                pending.append((batch, Isolation.BATCH))
-            deliveries, isolation = pending[0]
+                if batch:
+                    pending.append((batch, Isolation.BATCH))
+                elif time.monotonic() < min(next_maintenance, next_rollup):
+                    continue  # idle, and no maintenance due
             try:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(
@@ -519,6 +520,13 @@ class ReadingConsumer:
                 if time.monotonic() >= next_maintenance:
                     ensure_partitions(conn)  # months ahead exist whatever the uptime
                     next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+                if time.monotonic() >= next_rollup:
+                    with conn.transaction():  # short: a concurrent refresh waits for it
+                        refresh_rollups(conn)
+                    next_rollup = time.monotonic() + self._settings.rollup_interval_s
+                if not pending:
+                    continue
+                deliveries, isolation = pending[0]
                 if isolation is Isolation.WHOLE_MESSAGE:
                     self._quarantine_whole(conn, deliveries[0])
                 else:
@@ -542,7 +550,12 @@ class ReadingConsumer:
                         break  # shutting down: the broker redelivers what is held
                     backoff = min(backoff * 2, 5.0)
                     continue
+                if not pending:  # refused by maintenance itself: a schema problem to report
+                    log.error("database maintenance refused (%s)", type(exc).__name__)
+                    next_rollup = next_maintenance = time.monotonic() + MAINTENANCE_INTERVAL_S
+                    continue
                 # The data itself is refused: retrying the same work whole would fail forever.
+                deliveries, isolation = pending[0]
                 log.warning("database refused a write (%s); isolating it", type(exc).__name__)
                 pending.pop(0)
                 if isolation is Isolation.BATCH:

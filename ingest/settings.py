@@ -39,6 +39,9 @@ class IngestSettings(BaseSettings):
     batch_max_wait_ms: int = Field(50, ge=1, le=5_000, alias="INGEST_BATCH_MAX_WAIT_MS")
     max_payload_bytes: int = Field(256 * 1024, alias="INGEST_MAX_PAYLOAD_BYTES")
     quarantine_keep_bytes: int = Field(16 * 1024, alias="INGEST_QUARANTINE_KEEP_BYTES")
+    # How often the native rollups (readings_hourly/daily) take in new readings, seconds;
+    # TimescaleDB's continuous aggregates refresh by their own policies.
+    rollup_interval_s: float = Field(60.0, gt=0, alias="INGEST_ROLLUP_INTERVAL_S")
     api_token: SecretStr = Field(SecretStr(DEVELOPMENT_API_TOKEN), alias="CAREWATCH_API_TOKEN")
     db_wait_seconds: float = Field(30.0, alias="INGEST_DB_WAIT_SECONDS")
     rules_file: str | None = Field(None, alias="RULES_FILE")

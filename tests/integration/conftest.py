@@ -35,6 +35,7 @@ def consumer(
         MQTT_URL=broker.url,
         MQTT_PROTOCOL=broker.protocol,
         INGEST_CLIENT_ID=f"ingest-test-{unique_id}",
+        INGEST_ROLLUP_INTERVAL_S=0.2,
     )
     counters = IngestCounters()
     worker = ReadingConsumer(settings, counters)

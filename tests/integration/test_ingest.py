@@ -88,6 +88,7 @@ def count(db: psycopg.Connection, sql: str, *params: object) -> int:
 
 def test_readings_are_stored_once_and_acked_after_commit(
     db: psycopg.Connection,
+    database_url: str,
     home: tuple[str, str],
     consumer: tuple[ReadingConsumer, IngestCounters],
     broker: BrokerInfo,
@@ -122,6 +123,17 @@ def test_readings_are_stored_once_and_acked_after_commit(
     )
     assert float(metrics["carewatch_ingest_commit_latency_seconds_sum"]) > 0
     assert metrics["carewatch_ingest_pending_messages"] == "0"  # nothing left behind
+    # The writer folds new readings into the rollups the dashboard reads.
+    assert wait_until(
+        lambda: (
+            count(
+                db,
+                "SELECT coalesce(sum(n), 0) FROM readings_hourly WHERE patient_id = %s",
+                patient_id,
+            )
+            == 10
+        )
+    )
 
 
 def test_bad_readings_are_quarantined_and_acked_as_rejected(
