@@ -19,11 +19,14 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request, response: Response) -> dict[str, object]:
     """The database answers and, when this worker consumes, the broker is connected."""
     checks: dict[str, bool] = {}
+    # A connection of its own, not the API pool's: after an outage the pool retries with a
+    # backoff of up to a minute, which would keep a worker that already stores again out
+    # of service.
     try:
-        with request.app.state.pool.connection(timeout=2.0) as conn:
+        with psycopg.connect(request.app.state.settings.database_url, connect_timeout=2) as conn:
             conn.execute("SELECT 1")
         checks["database"] = True
-    except (psycopg.Error, TimeoutError):  # PoolTimeout subclasses psycopg.Error
+    except psycopg.Error:
         checks["database"] = False
     consumer = request.app.state.consumer
     if consumer is not None:
