@@ -50,10 +50,10 @@ from carewatch_contract.messages import (
     encode_reading,
     encode_receipt,
     parse_follow_up_request,
-    parse_reading_batch,
     parse_receipt,
     parse_status,
 )
+from carewatch_contract.reading_decoder import decode_reading_batch
 from ingest import quarantine
 from ingest.counters import IngestCounters
 from ingest.db import ensure_partitions, refresh_rollups
@@ -171,7 +171,7 @@ def plan_batch(
             reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
             continue
         try:
-            batch = parse_reading_batch(d.payload)
+            batch = decode_reading_batch(d.payload)
         except ContractError as exc:
             reject(exc.reason, exc.detail)
             if bindings.gateway_known(topic_gateway):
