@@ -175,5 +175,13 @@ def make_pool(
     url: str, *, min_size: int = 1, max_size: int = 4, name: str = "carewatch"
 ) -> ConnectionPool:
     return ConnectionPool(
-        url, min_size=min_size, max_size=max_size, name=name, open=True, timeout=10.0
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        name=name,
+        open=True,
+        timeout=10.0,
+        # Checked as it is handed out: after a database restart a pooled connection is dead,
+        # and the first request given it would fail (tests/faults: quick restart).
+        check=ConnectionPool.check_connection,
     )

@@ -482,6 +482,13 @@ class Deployment:
         except httpx.TransportError:
             return None
 
+    def api_status(self, name: str, path: str, timeout_s: float = 10) -> int | None:
+        """The status code of an authorised GET, None when nothing answers."""
+        try:
+            return self.api(name).get(path, timeout=timeout_s).status_code
+        except httpx.TransportError:
+            return None
+
     def metrics(self, name: str) -> dict[str, float]:
         """The worker's /metrics, without the ``carewatch_ingest_`` prefix and ``_total``."""
         text = self.api(name).get("/metrics").text

@@ -19,9 +19,9 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request, response: Response) -> dict[str, object]:
     """The database answers and, when this worker consumes, the broker is connected."""
     checks: dict[str, bool] = {}
-    # A connection of its own, not the API pool's: after an outage the pool retries with a
-    # backoff of up to a minute, which would keep a worker that already stores again out
-    # of service.
+    # A connection of its own, not the API pool's: the probe answers for the database, and
+    # a pool still waiting out its reconnection backoff must not make an orchestrator
+    # restart a worker whose writer already stores again.
     try:
         with psycopg.connect(request.app.state.settings.database_url, connect_timeout=2) as conn:
             conn.execute("SELECT 1")
