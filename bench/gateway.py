@@ -81,7 +81,8 @@ def gateway_memory(seconds: float = 20.0) -> tuple[float, int, float]:
         if not url:
             from devstack.broker import EmbeddedBroker
 
-            broker = stack.enter_context(EmbeddedBroker(tempfile.mkdtemp(prefix="cw-bench-")))
+            broker_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cw-bench-"))
+            broker = stack.enter_context(EmbeddedBroker(broker_dir))
             url, protocol = broker.url, broker.protocol
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         env = {
