@@ -82,6 +82,7 @@ from gateway_agent.devices import EnrolledDevice
 from gateway_agent.simulator.devices import SimulatedHome
 from gateway_agent.simulator.population import SimulatedPatient, build_population
 from gateway_agent.simulator.schedule import history
+from ingest.readings import COPY_COLUMNS, copy_row
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "ingest.json"
@@ -115,12 +116,7 @@ GOAL_P99_MS = 250.0
 STALL_S = 5.0  # no progress this long after the last publish: the run is over
 RUN_TIMEOUT_S = 180.0
 
-_COLUMNS = (
-    "reading_id, measured_at, patient_id, loinc, unit, value, time_source, received_at,"
-    " gateway_id, device_id, device_type, measurement_id, gateway_seq, characteristic,"
-    " raw_hex, device_time"
-)
-_NAIVE_INSERT = f"INSERT INTO readings ({_COLUMNS}) VALUES ({', '.join(['%s'] * 16)})"
+_NAIVE_INSERT = f"INSERT INTO readings ({COPY_COLUMNS}) VALUES ({', '.join(['%s'] * 16)})"
 
 
 # -- readings --------------------------------------------------------------------------------
@@ -678,26 +674,7 @@ def copy_rows(bench: Bench, count: int) -> list[tuple[object, ...]]:
     for n in range(count):
         gateway_id = bench.gateways[n % GATEWAYS]
         r = next(streams[n % GATEWAYS])
-        rows.append(
-            (
-                r.reading_id,
-                r.measured_at,
-                r.patient_id,
-                r.loinc,
-                r.unit,
-                r.value,
-                str(r.time_source),
-                r.received_at,
-                gateway_id,
-                r.device_id,
-                str(r.device_type),
-                r.measurement_id,
-                r.seq,
-                r.characteristic,
-                r.raw_hex,
-                None if r.device_time is None else json.dumps(dataclasses.asdict(r.device_time)),
-            )
-        )
+        rows.append(copy_row(gateway_id, r))
     return rows
 
 
@@ -718,7 +695,7 @@ def copy_throughput(bench: Bench, rows: list[tuple[object, ...]], run: str) -> C
         for i in range(0, len(rows), COPY_ROWS_PER_TRANSACTION):
             with (
                 conn.cursor() as cur,
-                cur.copy(f"COPY readings ({_COLUMNS}) FROM STDIN") as copy,
+                cur.copy(f"COPY readings ({COPY_COLUMNS}) FROM STDIN") as copy,
             ):
                 for row in rows[i : i + COPY_ROWS_PER_TRANSACTION]:
                     copy.write_row(row)

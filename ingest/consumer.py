@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -43,7 +43,9 @@ from carewatch_contract.messages import (
     Ack,
     AckRejection,
     ContractError,
+    FollowUpRequest,
     GatewayStatus,
+    InboxReceipt,
     claimed_reading_ids,
     encode_ack,
     encode_follow_up_request,
@@ -70,6 +72,8 @@ from ingest.registry import BindingCache
 from ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
+
+FollowUpT = TypeVar("FollowUpT", FollowUpRequest, InboxReceipt)
 
 #: The quarantine reason for what the database itself refused (contract-valid, yet unstorable).
 REFUSED = "refused_by_database"
@@ -255,6 +259,43 @@ def _plan_status(plan: BatchPlan, d: Delivery, topic_gateway: str, max_payload_b
     plan.statuses.append((status, d.retained))
 
 
+def _parse_follow_up(
+    plan: BatchPlan,
+    d: Delivery,
+    topic_gateway: str,
+    bindings: Bindings,
+    max_payload_bytes: int,
+    parse: Callable[[bytes], FollowUpT],
+    id_field: str,
+) -> FollowUpT | None:
+    """A follow-up request or inbox receipt parsed, or None when it is unusable: then it is
+    quarantined, and rejected in the ack when it names its id and its gateway is known (so
+    the gateway stops resending what will never be accepted)."""
+    if len(d.payload) > max_payload_bytes:
+        plan.quarantined.append(
+            quarantine.QuarantineEntry(
+                d.topic,
+                topic_gateway,
+                "too_large",
+                f"payload of {len(d.payload)} bytes > {max_payload_bytes}",
+                d.payload,
+            )
+        )
+        return None
+    try:
+        return parse(d.payload)
+    except ContractError as exc:
+        item_id = claimed_id(d.payload, id_field)
+        plan.quarantined.append(
+            quarantine.QuarantineEntry(
+                d.topic, topic_gateway, exc.reason, exc.detail, d.payload, item_id
+            )
+        )
+        if item_id and bindings.gateway_known(topic_gateway):
+            plan.rejections.setdefault(topic_gateway, []).append(AckRejection(item_id, exc.reason))
+        return None
+
+
 def _plan_request(
     plan: BatchPlan,
     d: Delivery,
@@ -268,49 +309,31 @@ def _plan_request(
     is also rejected in the ack: the quarantine keeps it whole for an operator, and the
     gateway stops resending what will never be accepted.
     """
+    request = _parse_follow_up(
+        plan, d, topic_gateway, bindings, max_payload_bytes, parse_follow_up_request, "request_id"
+    )
+    if request is None:
+        return
 
-    def reject(reason: str, detail: str, request_id: str | None = None) -> None:
+    def reject(reason: str, detail: str) -> None:
         plan.quarantined.append(
             quarantine.QuarantineEntry(
-                d.topic, topic_gateway, reason, detail, d.payload, request_id
+                d.topic, topic_gateway, reason, detail, d.payload, request.request_id
             )
         )
 
-    if len(d.payload) > max_payload_bytes:
-        reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
-        return
-    try:
-        request = parse_follow_up_request(d.payload)
-    except ContractError as exc:
-        request_id = claimed_id(d.payload, "request_id")
-        reject(exc.reason, exc.detail, request_id)
-        if request_id and bindings.gateway_known(topic_gateway):
-            plan.rejections.setdefault(topic_gateway, []).append(
-                AckRejection(request_id, exc.reason)
-            )
-        return
     if request.gateway_id != topic_gateway:
-        reject(
-            "gateway_mismatch",
-            "payload gateway_id differs from the topic's gateway",
-            request.request_id,
-        )
-        return
-    if not bindings.gateway_known(topic_gateway):
-        reject("unknown_gateway", "no gateway with this id is enrolled", request.request_id)
-        return
-    if not bindings.is_bound(topic_gateway, request.patient_id):
-        reject(
-            "patient_not_bound",
-            "the request's patient is not bound to this gateway",
-            request.request_id,
-        )
+        reject("gateway_mismatch", "payload gateway_id differs from the topic's gateway")
+    elif not bindings.gateway_known(topic_gateway):
+        reject("unknown_gateway", "no gateway with this id is enrolled")
+    elif not bindings.is_bound(topic_gateway, request.patient_id):
+        reject("patient_not_bound", "the request's patient is not bound to this gateway")
         plan.rejections.setdefault(topic_gateway, []).append(
             AckRejection(request.request_id, "patient_not_bound")
         )
-        return
-    plan.requests.append(StoredRequest(topic_gateway, request))  # twice in a batch: stored once
-    plan.acks.setdefault(topic_gateway, []).append(request.request_id)
+    else:
+        plan.requests.append(StoredRequest(topic_gateway, request))  # twice: stored once
+        plan.acks.setdefault(topic_gateway, []).append(request.request_id)
 
 
 def _plan_receipt(
@@ -322,29 +345,22 @@ def _plan_receipt(
 ) -> None:
     """An inbox receipt: stored, and acked when the gateway gave it a ``receipt_id`` (a
     gateway that gives none does not keep it, so there is nothing to name)."""
-
-    def reject(reason: str, detail: str, receipt_id: str | None = None) -> None:
-        plan.quarantined.append(
-            quarantine.QuarantineEntry(
-                d.topic, topic_gateway, reason, detail, d.payload, receipt_id
-            )
-        )
-
-    if len(d.payload) > max_payload_bytes:
-        reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
-        return
-    try:
-        receipt = parse_receipt(d.payload)
-    except ContractError as exc:
-        receipt_id = claimed_id(d.payload, "receipt_id")
-        reject(exc.reason, exc.detail, receipt_id)
-        if receipt_id and bindings.gateway_known(topic_gateway):
-            plan.rejections.setdefault(topic_gateway, []).append(
-                AckRejection(receipt_id, exc.reason)
-            )
+    receipt = _parse_follow_up(
+        plan, d, topic_gateway, bindings, max_payload_bytes, parse_receipt, "receipt_id"
+    )
+    if receipt is None:
         return
     if not bindings.gateway_known(topic_gateway):
-        reject("unknown_gateway", "no gateway with this id is enrolled", receipt.receipt_id)
+        plan.quarantined.append(
+            quarantine.QuarantineEntry(
+                d.topic,
+                topic_gateway,
+                "unknown_gateway",
+                "no gateway with this id is enrolled",
+                d.payload,
+                receipt.receipt_id,
+            )
+        )
         return
     plan.receipts.append(StoredReceipt(topic_gateway, receipt_key(topic_gateway, receipt), receipt))
     if receipt.receipt_id is not None:

@@ -18,7 +18,7 @@ import psycopg
 
 from carewatch_contract.messages import DeviceTime, Reading
 
-_COLUMNS = (
+COPY_COLUMNS = (
     "reading_id, measured_at, patient_id, loinc, unit, value, time_source, received_at,"
     " gateway_id, device_id, device_type, measurement_id, gateway_seq, characteristic,"
     " raw_hex, device_time"
@@ -66,34 +66,37 @@ def insert_readings(conn: psycopg.Connection, readings: Sequence[StoredReading])
         new_ids = {row[0] for row in cur.fetchall()}
         if new_ids:
             copied: set[str] = set()  # the same reading twice in one batch is copied once
-            with cur.copy(f"COPY readings ({_COLUMNS}) FROM STDIN") as copy:
+            with cur.copy(f"COPY readings ({COPY_COLUMNS}) FROM STDIN") as copy:
                 for stored in readings:
                     r = stored.reading
                     if r.reading_id not in new_ids or r.reading_id in copied:
                         continue
                     copied.add(r.reading_id)
-                    copy.write_row(
-                        (
-                            r.reading_id,
-                            r.measured_at,
-                            r.patient_id,
-                            r.loinc,
-                            r.unit,
-                            r.value,
-                            str(r.time_source),
-                            r.received_at,
-                            stored.gateway_id,
-                            r.device_id,
-                            str(r.device_type),
-                            r.measurement_id,
-                            r.seq,
-                            r.characteristic,
-                            r.raw_hex,
-                            None if r.device_time is None else _device_time_json(r.device_time),
-                        )
-                    )
+                    copy.write_row(copy_row(stored.gateway_id, r))
         cur.execute(_TOUCH_DEVICES, _devices_seen(readings))
     return new_ids
+
+
+def copy_row(gateway_id: str, r: Reading) -> tuple[object, ...]:
+    """A reading as COPY writes it into ``readings`` (the columns of ``COPY_COLUMNS``)."""
+    return (
+        r.reading_id,
+        r.measured_at,
+        r.patient_id,
+        r.loinc,
+        r.unit,
+        r.value,
+        str(r.time_source),
+        r.received_at,
+        gateway_id,
+        r.device_id,
+        str(r.device_type),
+        r.measurement_id,
+        r.seq,
+        r.characteristic,
+        r.raw_hex,
+        None if r.device_time is None else _device_time_json(r.device_time),
+    )
 
 
 def _device_time_json(t: DeviceTime) -> str:
