@@ -7,7 +7,8 @@ structs (the JSON parse and the type checks in C) and applies the remaining rule
 contract (ranges, plausibility, times, identifiers) in one pass.
 
 It only takes that fast path for a message that is entirely clean. Anything else (a bad
-reading, an unusual but valid spelling such as a UUID in capitals, a message msgspec cannot
+reading, an unusual but valid spelling such as a UUID in capitals, bytes beyond ASCII, which
+gateways never send and msgspec does not check in keys it skips, a message msgspec cannot
 decode) goes to :func:`messages.parse_reading_batch`, which gives the same result it always
 gave, with its precise reasons. So the two can never disagree: the fast path either returns
 exactly what the reference parser returns or steps aside (tests/unit/test_reading_decoder.py
@@ -98,6 +99,8 @@ class _NotClean(Exception):
 def decode_reading_batch(payload: bytes) -> ParsedBatch:
     """Parse a readings message: same result and errors as
     :func:`messages.parse_reading_batch`, several times faster for clean messages."""
+    if not payload.isascii():  # gateways send ASCII JSON; msgspec skips unknown keys unchecked
+        return parse_reading_batch(payload)
     try:
         batch = _DECODER.decode(payload)
         return _clean_batch(batch)

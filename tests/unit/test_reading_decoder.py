@@ -168,6 +168,8 @@ def test_generated_and_mutated_messages_parse_the_same_both_ways(payload: bytes)
         message(reading_dict()).replace(b'"value": 138.0', b'"value": 138'),
         message(reading_dict()).replace(b'"seq": 1', b'"seq": 1.0'),
         message(reading_dict()).replace(b'"pt-0001"', b'"pt-\\ud800"'),
+        message(reading_dict()).replace(b'"device_time"', b'"\x80evice_time"'),  # bad UTF-8
+        message(reading_dict()).replace(b'"pt-0001"', '"pt-é"'.encode()),
         message(reading_dict(raw_hex="AABB")),
         message(reading_dict(seq=2**63 - 1)),
         message(reading_dict(seq=2**63)),
