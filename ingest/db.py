@@ -184,4 +184,9 @@ def make_pool(
         # Checked as it is handed out: after a database restart a pooled connection is dead,
         # and the first request given it would fail (tests/faults: quick restart).
         check=ConnectionPool.check_connection,
+        # psycopg_pool retries a lost connection with a doubling pause (1, 2, 4 ... s) for
+        # up to reconnect_timeout (default 300 s): after a one-minute outage during which the
+        # workspace kept asking, the API stayed down for another 40 s. Giving up after 5 s
+        # ends each chain; the next request then tries at once (tests/faults: within 10 s).
+        reconnect_timeout=5.0,
     )
