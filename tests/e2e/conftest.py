@@ -72,12 +72,12 @@ class Pipeline:
     def outbox_path(self) -> Path:
         return Path(self.env["GATEWAY_OUTBOX_PATH"])
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             [sys.executable, *args],
             cwd=REPO,
-            env=self.env,
+            env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -86,9 +86,17 @@ class Pipeline:
         self.processes[name] = proc
         return proc
 
-    def start_ingest(self) -> None:
+    def start_ingest(self, **env: str) -> None:
         self.start(
-            "ingest", "-m", "ingest", "serve", "--host", "127.0.0.1", "--port", str(self.api_port)
+            "ingest",
+            "-m",
+            "ingest",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.api_port),
+            **env,
         )
         wait_until(self.ready, 60, "ingest /readyz")
 

@@ -155,7 +155,9 @@ def test_gateway_killed_during_bursts_keeps_its_outbox_sound_and_loses_nothing(
     pipeline: Pipeline,
 ) -> None:
     enroll(pipeline, patients=10)
-    pipeline.start_ingest()
+    # Ingest commits within milliseconds; batches that wait up to 250 ms keep readings
+    # unacknowledged long enough for every kill to land among them.
+    pipeline.start_ingest(INGEST_BATCH_MAX_WAIT_MS="250")
     args = (
         "-m",
         "gateway_agent",
