@@ -156,7 +156,7 @@ def test_gateway_killed_during_bursts_keeps_its_outbox_sound_and_loses_nothing(
 ) -> None:
     enroll(pipeline, patients=10)
     # Ingest commits within milliseconds; batches that wait up to 250 ms keep readings
-    # unacknowledged long enough for every kill to land among them.
+    # unacknowledged long enough for a kill to land among them.
     pipeline.start_ingest(INGEST_BATCH_MAX_WAIT_MS="250")
     args = (
         "-m",
@@ -171,12 +171,15 @@ def test_gateway_killed_during_bursts_keeps_its_outbox_sound_and_loses_nothing(
         "120",
     )
     integrity = "SELECT count(*) FROM pragma_integrity_check WHERE integrity_check <> 'ok'"
+    pending = "SELECT count(*) FROM outbox"
     in_flight_at_kill = []
     for _ in range(4):
         pipeline.start("gateway", *args)
-        time.sleep(2.0)  # about 40 readings a second: a burst in flight at every kill
+        time.sleep(1.5)  # about 40 readings a second
+        # Kill while readings are in flight (the simulator's bursts leave quiet moments).
+        wait_until(lambda: pipeline.outbox(pending) > 0, 10, "readings in flight", 0.01)
         pipeline.kill("gateway", signal.SIGKILL)
-        in_flight_at_kill.append(pipeline.outbox("SELECT count(*) FROM outbox"))
+        in_flight_at_kill.append(pipeline.outbox(pending))
         assert pipeline.outbox(integrity) == 0
     pipeline.start("gateway", *args[:-2], "--rate", "60", "--live-readings", "100")
     wait_until(lambda: "live measurements done" in pipeline.log("gateway"), 120, "the last stream")
