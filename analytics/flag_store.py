@@ -232,7 +232,7 @@ def _breaches_from_frame(breaches: pd.DataFrame, rules: RuleSet) -> list[_Breach
         raise ValueError(f"breaches carry unknown severities: {', '.join(sorted(unknown))}")
     metric_position = {
         (rule.id, condition.metric): position
-        for rule in rules.rules
+        for rule in rules.thresholds
         for position, condition in reversed(list(enumerate(rule.conditions)))
     }
     result.sort(

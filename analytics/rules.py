@@ -16,7 +16,7 @@ import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analytics import AnalyticsError
+from analytics.rule_kinds import KindRule, RuleKindError, parse_kind_rule
 from carewatch_contract.metrics import METRICS
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
@@ -38,7 +39,19 @@ SEVERITIES: Final[tuple[str, ...]] = ("critical", "high", "medium", "low", "info
 SEVERITY_RANK: Final[Mapping[str, int]] = {
     name: len(SEVERITIES) - 1 - index for index, name in enumerate(SEVERITIES)
 }
-RULE_KINDS: Final[tuple[str, ...]] = ("threshold",)
+RULE_KINDS: Final[tuple[str, ...]] = (
+    "threshold",
+    "sustained",
+    "trend",
+    "baseline",
+    "adherence",
+    "news2",
+)
+#: Care programs a rule can be limited to (``programs = [...]``); patients belong to one.
+PROGRAMS: Final[tuple[str, ...]] = ("general", "hypertension", "heart_failure", "copd", "diabetes")
+#: Defaults of the ``[settings]`` table.
+DEFAULT_RESOLVE_AFTER = timedelta(hours=4)
+DEFAULT_LATE_AFTER = timedelta(hours=6)
 COMPARISON_FOR_DIRECTION: Final[Mapping[str, str]] = {"high": "above", "low": "below"}
 
 DEFAULT_RULES_PACKAGE: Final = "analytics"
@@ -79,8 +92,11 @@ _MERGE_COLUMNS: Final = (
 )
 _DESCRIPTIVE_COLUMNS: Final = ("rule_id", "kind", "direction", "title", "severity", "label")
 
-_RULESET_KEYS: Final = frozenset({"version", "rules"})
-_RULE_KEYS: Final = frozenset({"id", "title", "kind", "direction", "source", "when", "spo2_scale"})
+_RULESET_KEYS: Final = frozenset({"version", "rules", "settings"})
+_SETTINGS_KEYS: Final = frozenset({"resolve_after_minutes", "late_after_hours"})
+_RULE_KEYS: Final = frozenset(
+    {"id", "title", "kind", "direction", "source", "when", "spo2_scale", "hysteresis", "programs"}
+)
 #: The SpO2 scales of NEWS2: 1 for most people, 2 for those a clinician put on 88-92 %.
 SPO2_SCALES: Final = (1, 2)
 #: Column of the optional per-patient SpO2 scale in the readings frame (absent = scale 1).
@@ -130,6 +146,10 @@ class ThresholdRule:
     conditions: tuple[Condition, ...]
     #: Applies only to patients on this SpO2 scale (1 or 2); None = every patient.
     spo2_scale: int | None = None
+    #: How far back inside the least severe limit a value must come to count as back in
+    #: range (metric units): a value hovering at the limit keeps its flag open, not flapping.
+    hysteresis: float = 0.0
+    programs: frozenset[str] = frozenset()  # empty: every patient
 
     @property
     def metrics(self) -> frozenset[str]:
@@ -137,14 +157,29 @@ class ThresholdRule:
         return frozenset(condition.metric for condition in self.conditions)
 
 
+Rule = ThresholdRule | KindRule
+
+
 @dataclass(frozen=True)
 class RuleSet:
-    """A versioned, validated set of rules. Immutable; build a new one to change it."""
+    """A versioned, validated set of rules. Immutable; build a new one to change it.
+
+    ``resolve_after``: how long a value must stay back in range before its flag resolves by
+    itself. ``late_after``: a reading that reached CareWatch this long after it was taken is
+    flagged as late (it tells of the past), never as urgent now.
+    """
 
     version: str
-    rules: tuple[ThresholdRule, ...]
+    rules: tuple[Rule, ...]
+    resolve_after: timedelta = DEFAULT_RESOLVE_AFTER
+    late_after: timedelta = DEFAULT_LATE_AFTER
 
-    def rule(self, rule_id: str) -> ThresholdRule:
+    @property
+    def thresholds(self) -> tuple[ThresholdRule, ...]:
+        """The single-reading threshold rules."""
+        return tuple(rule for rule in self.rules if isinstance(rule, ThresholdRule))
+
+    def rule(self, rule_id: str) -> Rule:
         """The rule with this id; ``KeyError`` when there is none."""
         for rule in self.rules:
             if rule.id == rule_id:
@@ -153,8 +188,8 @@ class RuleSet:
 
     @property
     def metrics(self) -> frozenset[str]:
-        """Every LOINC code some rule looks at."""
-        return frozenset().union(*(rule.metrics for rule in self.rules))
+        """Every LOINC code some threshold rule looks at."""
+        return frozenset().union(*(rule.metrics for rule in self.thresholds))
 
     def threshold_lines(self, loinc: str) -> list[dict[str, Any]]:
         """The limits to draw on a chart of this metric, in rule-file order.
@@ -171,7 +206,7 @@ class RuleSet:
                 "rule_id": rule.id,
                 "spo2_scale": rule.spo2_scale,
             }
-            for rule in self.rules
+            for rule in self.thresholds
             for condition in rule.conditions
             if condition.metric == loinc
         ]
@@ -183,8 +218,8 @@ class RuleSet:
         The evaluation merges readings with its numeric columns and looks the descriptive ones
         up for the breaches only. Treat as read-only: every evaluation shares it.
         """
-        pairs = [(rule, condition) for rule in self.rules for condition in rule.conditions]
-        rule_order = {rule.id: index for index, rule in enumerate(self.rules)}
+        pairs = [(rule, condition) for rule in self.thresholds for condition in rule.conditions]
+        rule_order = {rule.id: index for index, rule in enumerate(self.thresholds)}
         frame = pd.DataFrame(
             {
                 "loinc": [condition.metric for _, condition in pairs],
@@ -248,7 +283,17 @@ def rules_from_mapping(data: Mapping[str, Any], *, source: str = "<rules>") -> R
     raw_rules = data.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
         raise RulesConfigError(f"{source}: expected at least one [[rules]] table")
-    rules: list[ThresholdRule] = []
+    raw_settings = data.get("settings", {})
+    if not isinstance(raw_settings, Mapping):
+        raise RulesConfigError(f"{source}: [settings] must be a table")
+    _reject_unknown_keys(raw_settings, _SETTINGS_KEYS, where=f"{source}: [settings]")
+    resolve_after = _positive_duration(
+        raw_settings, "resolve_after_minutes", 60.0, DEFAULT_RESOLVE_AFTER, where=source
+    )
+    late_after = _positive_duration(
+        raw_settings, "late_after_hours", 3600.0, DEFAULT_LATE_AFTER, where=source
+    )
+    rules: list[Rule] = []
     seen_ids: set[str] = set()
     for position, raw_rule in enumerate(raw_rules, start=1):
         rule = _parse_rule(raw_rule, position=position, source=source)
@@ -256,17 +301,32 @@ def rules_from_mapping(data: Mapping[str, Any], *, source: str = "<rules>") -> R
             raise RulesConfigError(f"{source}: rule {rule.id!r}: duplicate rule id")
         seen_ids.add(rule.id)
         rules.append(rule)
-    return RuleSet(version=version.strip(), rules=tuple(rules))
+    return RuleSet(
+        version=version.strip(),
+        rules=tuple(rules),
+        resolve_after=resolve_after,
+        late_after=late_after,
+    )
 
 
-def _parse_rule(raw: Any, *, position: int, source: str) -> ThresholdRule:
+def _positive_duration(
+    raw: Mapping[str, Any], key: str, seconds_per_unit: float, default: timedelta, *, where: str
+) -> timedelta:
+    if key not in raw:
+        return default
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise RulesConfigError(f"{where}: [settings] `{key}` must be a positive number")
+    return timedelta(seconds=float(value) * seconds_per_unit)
+
+
+def _parse_rule(raw: Any, *, position: int, source: str) -> Rule:
     if not isinstance(raw, Mapping):
         raise RulesConfigError(f"{source}: rule #{position}: expected a [[rules]] table")
     rule_id = raw.get("id")
     if not isinstance(rule_id, str) or not rule_id.strip():
         raise RulesConfigError(f"{source}: rule #{position}: `id` must be a non-empty string")
     where = f"{source}: rule {rule_id!r}"
-    _reject_unknown_keys(raw, _RULE_KEYS, where=where)
     title = _required_text(raw, "title", where=where)
     source_text = _required_text(raw, "source", where=where)
     kind = raw.get("kind", "threshold")
@@ -274,6 +334,25 @@ def _parse_rule(raw: Any, *, position: int, source: str) -> ThresholdRule:
         raise RulesConfigError(
             f"{where}: unknown kind {kind!r} (expected one of {', '.join(RULE_KINDS)})"
         )
+    programs = raw.get("programs", [])
+    if not isinstance(programs, list) or any(p not in PROGRAMS for p in programs):
+        raise RulesConfigError(
+            f"{where}: `programs` must be a list of {', '.join(PROGRAMS)}, not {programs!r}"
+        )
+    if kind != "threshold":
+        try:
+            return parse_kind_rule(
+                raw,
+                kind=kind,
+                rule_id=rule_id,
+                title=title,
+                source=source_text,
+                programs=frozenset(programs),
+                where=where,
+            )
+        except RuleKindError as exc:
+            raise RulesConfigError(str(exc)) from None
+    _reject_unknown_keys(raw, _RULE_KEYS, where=where)
     direction = raw.get("direction")
     if not isinstance(direction, str) or direction not in COMPARISON_FOR_DIRECTION:
         raise RulesConfigError(f'{where}: `direction` must be "high" or "low", not {direction!r}')
@@ -287,6 +366,14 @@ def _parse_rule(raw: Any, *, position: int, source: str) -> ThresholdRule:
     spo2_scale = raw.get("spo2_scale")
     if spo2_scale is not None and (isinstance(spo2_scale, bool) or spo2_scale not in SPO2_SCALES):
         raise RulesConfigError(f"{where}: `spo2_scale` must be 1 or 2, not {spo2_scale!r}")
+    hysteresis = raw.get("hysteresis", 0.0)
+    if (
+        isinstance(hysteresis, bool)
+        or not isinstance(hysteresis, int | float)
+        or not math.isfinite(hysteresis)
+        or hysteresis < 0
+    ):
+        raise RulesConfigError(f"{where}: `hysteresis` must be a number >= 0, not {hysteresis!r}")
     return ThresholdRule(
         id=rule_id,
         title=title,
@@ -295,6 +382,8 @@ def _parse_rule(raw: Any, *, position: int, source: str) -> ThresholdRule:
         source=source_text,
         conditions=conditions,
         spo2_scale=spo2_scale,
+        hysteresis=float(hysteresis),
+        programs=frozenset(programs),
     )
 
 

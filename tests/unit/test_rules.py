@@ -128,7 +128,7 @@ def test_most_severe_condition_wins_whatever_the_file_order(rules: RuleSet) -> N
                 source=rule.source,
                 conditions=tuple(reversed(rule.conditions)),
             )
-            for rule in rules.rules
+            for rule in rules.thresholds
         ),
     )
     frame = readings_frame((Loinc.GLUCOSE, 50), (Loinc.SPO2, 90), (Loinc.BODY_TEMPERATURE, 40))
@@ -332,7 +332,7 @@ def test_a_valid_file_loads(tmp_path: Path) -> None:
 
 def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSet) -> None:
     assert rules.version
-    assert {rule.id for rule in rules.rules} == {
+    assert {rule.id for rule in rules.thresholds} == {
         "hypertensive-crisis",
         "spo2-below-target",
         "spo2-below-target-scale-2",
@@ -414,8 +414,8 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
             r"rule 'low-spo2': `direction` must be \"high\" or \"low\"",
         ),
         (
-            lambda text: text.replace('kind = "threshold"', 'kind = "trend"'),
-            r"rule 'low-spo2': unknown kind 'trend'",
+            lambda text: text.replace('kind = "threshold"', 'kind = "forecast"'),
+            r"rule 'low-spo2': unknown kind 'forecast'",
         ),
         (
             lambda text: text.replace('label = "SpO2 < 94 %"', 'lable = "SpO2 < 94 %"'),
@@ -472,7 +472,8 @@ def test_rules_table_has_one_row_per_condition(rules: RuleSet) -> None:
     lines = out.getvalue().splitlines()
     first_row = next(i for i, line in enumerate(lines) if line.startswith("---")) + 1
     rows = lines[first_row : lines.index("", first_row)]
-    assert len(rows) == sum(len(rule.conditions) for rule in rules.rules)
+    kinds = [rule for rule in rules.rules if rule not in rules.thresholds]
+    assert len(rows) == sum(len(rule.conditions) for rule in rules.thresholds) + len(kinds)
     assert rows[0].split()[:2] == ["hypertensive-crisis", "high"]
 
 
