@@ -1,0 +1,246 @@
+"""Backtests: the flags a rule set would have raised over a history of readings.
+
+The same engine as the live worker (:mod:`analytics.signals`, :mod:`analytics.episodes`), run
+over a CSV of readings or over the database's history, so a care team can see how many alerts
+a threshold change would have produced before making it.
+
+CSV columns: ``patient_id, metric, value, unit, measured_at`` (metric as LOINC, value in the
+metric's canonical UCUM unit, time ISO 8601 with an offset); optional ``reading_id``,
+``received_at`` (lets replayed readings count as late) and ``device_id``. A patients CSV
+(optional) gives ``patient_id, program, spo2_scale, on_oxygen``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from analytics import AnalyticsError
+from analytics.episodes import alerts_per_patient_week, empty_flags, episodes
+from analytics.rules import RuleSet
+from analytics.signals import evaluate
+from carewatch_contract.metrics import METRICS
+
+CSV_COLUMNS: Final = ("patient_id", "metric", "value", "unit", "measured_at")
+#: Readings per evaluation chunk (whole patients each): bounds memory, paces the progress bar.
+READINGS_PER_CHUNK: Final = 500_000
+
+
+class BacktestInputError(AnalyticsError, ValueError):
+    """The readings (or patients) file cannot be used; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    flags: pd.DataFrame  # analytics.episodes.FLAG_COLUMNS
+    alerts_per_patient_week: float
+    patients: int
+    readings: int
+
+
+def load_readings_csv(path: Path | str) -> pd.DataFrame:
+    """The readings of a backtest CSV, checked: known metrics in their canonical units,
+    finite values, times with an offset. Errors name the line."""
+    try:
+        raw = pd.read_csv(path, dtype={"patient_id": str, "metric": str, "unit": str})
+    except (OSError, ValueError) as exc:
+        raise BacktestInputError(f"{path}: cannot read the readings CSV: {exc}") from None
+    missing = [column for column in CSV_COLUMNS if column not in raw.columns]
+    if missing:
+        raise BacktestInputError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS)}"
+        )
+    line = raw.index.to_series() + 2  # the header is line 1
+    known = raw["metric"].isin(METRICS.keys())
+    if not known.all():
+        first = raw.index[~known][0]
+        raise BacktestInputError(
+            f"{path}, line {line[first]}: unknown metric {raw.loc[first, 'metric']!r}"
+            f" (LOINC codes: {', '.join(sorted(METRICS))})"
+        )
+    expected_unit = raw["metric"].map({code: m.unit for code, m in METRICS.items()})
+    wrong_unit = raw["unit"] != expected_unit
+    if wrong_unit.any():
+        first = raw.index[wrong_unit][0]
+        raise BacktestInputError(
+            f"{path}, line {line[first]}: metric {raw.loc[first, 'metric']} must be in"
+            f" {expected_unit[first]}, not {raw.loc[first, 'unit']!r}"
+        )
+    values = pd.to_numeric(raw["value"], errors="coerce")
+    bad_value = values.isna() | ~values.map(math.isfinite)
+    if bad_value.any():
+        first = raw.index[bad_value][0]
+        raise BacktestInputError(
+            f"{path}, line {line[first]}: value {raw.loc[first, 'value']!r} is not a number"
+        )
+    measured_at = _times(raw["measured_at"], path, line, "measured_at")
+    frame = pd.DataFrame(
+        {
+            "reading_id": raw["reading_id"].astype(str)
+            if "reading_id" in raw.columns
+            else [f"csv-{n}" for n in line],
+            "patient_id": raw["patient_id"].astype(str),
+            "loinc": raw["metric"],
+            "value": values.astype("float64"),
+            "measured_at": measured_at,
+        }
+    )
+    if "received_at" in raw.columns:
+        frame["received_at"] = _times(raw["received_at"], path, line, "received_at")
+    if "device_id" in raw.columns:
+        frame["device_id"] = raw["device_id"].astype(str)
+    return frame
+
+
+def load_patients_csv(path: Path | str) -> pd.DataFrame:
+    try:
+        patients = pd.read_csv(path, dtype={"patient_id": str, "program": str})
+    except (OSError, ValueError) as exc:
+        raise BacktestInputError(f"{path}: cannot read the patients CSV: {exc}") from None
+    if "patient_id" not in patients.columns:
+        raise BacktestInputError(f"{path}: the patients CSV needs a patient_id column")
+    return patients
+
+
+def _times(column: pd.Series, path: Path | str, line: pd.Series, name: str) -> pd.Series:
+    text = column.astype(str)
+    has_offset = text.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True)
+    if not has_offset.all():
+        first = column.index[~has_offset][0]
+        raise BacktestInputError(
+            f"{path}, line {line[first]}: {name} {column[first]!r} needs a UTC offset,"
+            " e.g. 2026-09-01T07:30:00+00:00"
+        )
+    try:
+        return pd.to_datetime(text, utc=True, format="ISO8601")
+    except (ValueError, TypeError) as exc:
+        raise BacktestInputError(f"{path}: {name} is not ISO 8601: {exc}") from None
+
+
+def run_backtest(
+    readings: pd.DataFrame,
+    rules: RuleSet,
+    *,
+    patients: pd.DataFrame | None = None,
+    now: datetime | pd.Timestamp | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BacktestResult:
+    """The flags ``rules`` raise over ``readings`` and the alerts per patient-week.
+
+    Evaluated in chunks of whole patients (every rule looks at one patient at a time);
+    ``progress(n)`` is told after each chunk how many more patients are done.
+    """
+    if readings.empty:
+        return BacktestResult(empty_flags(), 0.0, 0, 0)
+    end = pd.Timestamp(now) if now is not None else readings["measured_at"].max()
+    patient, patient_ids = pd.factorize(readings["patient_id"])
+    by_patient = np.argsort(patient, kind="stable")
+    counts = np.bincount(patient, minlength=len(patient_ids))
+    ends = np.cumsum(counts)  # where each patient's rows end in `by_patient`
+    chunks: list[pd.DataFrame] = []
+    first = 0  # the first patient of the next chunk
+    while first < len(patient_ids):
+        start = ends[first] - counts[first]
+        last = max(int(np.searchsorted(ends, start + READINGS_PER_CHUNK, side="right")), first + 1)
+        chunk = readings.iloc[by_patient[start : ends[last - 1]]]
+        signals = evaluate(chunk, rules, patients=patients, now=end)
+        chunks.append(episodes(signals, rules, now=end))
+        if progress is not None:
+            progress(last - first)
+        first = last
+    flags = pd.concat(chunks, ignore_index=True) if chunks else empty_flags()
+    flags = flags.sort_values(["opened_at", "patient_id", "rule_id"], kind="stable")
+    flags = flags.reset_index(drop=True)
+    rate = alerts_per_patient_week(flags, readings, now=end)
+    return BacktestResult(flags, rate, len(patient_ids), len(readings))
+
+
+def flag_as_json(flag: pd.Series) -> dict[str, Any]:
+    """One flag as the backtest's JSON and the tuning API give it."""
+    item: dict[str, Any] = {
+        "patient_id": flag["patient_id"],
+        "rule_id": flag["rule_id"],
+        "kind": flag["kind"],
+        "metric": flag["metric"],
+        "direction": flag["direction"] if isinstance(flag["direction"], str) else None,
+        "severity": flag["severity"],
+        "opened_at": flag["opened_at"].isoformat(),
+        "resolved_at": None if pd.isna(flag["resolved_at"]) else flag["resolved_at"].isoformat(),
+        "value": None if pd.isna(flag["value"]) else float(flag["value"]),
+        "label": flag["label"],
+        "late": bool(flag["late"]),
+        "breaches": int(flag["breaches"]),
+    }
+    if flag["kind"] == "news2" and isinstance(flag["detail"], dict):
+        item["score"] = flag["detail"]["score"]
+        item["parameters"] = list(flag["detail"]["parameters"])
+        item["partial"] = flag["detail"]["partial"]
+    return item
+
+
+def result_as_json(result: BacktestResult) -> dict[str, Any]:
+    return {
+        "flags": [flag_as_json(flag) for _, flag in result.flags.iterrows()],
+        "alerts_per_patient_week": round(result.alerts_per_patient_week, 4),
+    }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Current against proposed rules over the same readings."""
+
+    current: BacktestResult
+    proposed: BacktestResult
+    gaining: list[str]  # patients the proposal would alert more often
+    losing: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "current": {
+                "alerts_per_patient_week": round(self.current.alerts_per_patient_week, 4),
+                "flags": len(self.current.flags),
+            },
+            "proposed": {
+                "alerts_per_patient_week": round(self.proposed.alerts_per_patient_week, 4),
+                "flags": len(self.proposed.flags),
+            },
+            "patients_gaining_alerts": self.gaining,
+            "patients_losing_alerts": self.losing,
+        }
+
+
+def compare(
+    readings: pd.DataFrame,
+    current: RuleSet,
+    proposed: RuleSet,
+    *,
+    patients: pd.DataFrame | None = None,
+    now: datetime | pd.Timestamp | None = None,
+) -> Comparison:
+    """How a proposed rule set would change the alerts over ``readings`` (the tuning page's
+    preview: the last 30 or 90 days)."""
+    before = run_backtest(readings, current, patients=patients, now=now)
+    after = run_backtest(readings, proposed, patients=patients, now=now)
+    counts_before = _alerts_by_patient(before.flags)
+    counts_after = _alerts_by_patient(after.flags)
+    everyone = sorted(set(counts_before.index) | set(counts_after.index))
+    b = counts_before.reindex(everyone, fill_value=0)
+    a = counts_after.reindex(everyone, fill_value=0)
+    return Comparison(
+        before,
+        after,
+        gaining=[p for p in everyone if a[p] > b[p]],
+        losing=[p for p in everyone if a[p] < b[p]],
+    )
+
+
+def _alerts_by_patient(flags: pd.DataFrame) -> pd.Series:
+    alerts = flags.loc[flags["severity"] != "info"] if not flags.empty else flags
+    return alerts.groupby("patient_id").size() if not alerts.empty else pd.Series(dtype="int64")
