@@ -1,7 +1,8 @@
 """``python -m bench``: run every benchmark and write bench/results/*.json."""
 
-from bench import gateway, ingest
+from bench import analytics, gateway, ingest
 
 if __name__ == "__main__":
     gateway.main()
     ingest.main([])
+    analytics.main([])
