@@ -241,6 +241,28 @@ def compare(
     )
 
 
+def history_from_database(
+    conn: Any, *, since: datetime, until: datetime | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Readings measured in ``[since, until)`` and the patients they belong to, as the
+    backtest takes them (``conn``: a psycopg connection)."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT reading_id::text, patient_id, loinc, value, measured_at FROM readings"
+            " WHERE measured_at >= %s AND (%s::timestamptz IS NULL OR measured_at < %s)",
+            (since, until, until),
+        )
+        rows = cur.fetchall()
+        cur.execute("SELECT patient_id, program, spo2_scale FROM patients")
+        patients = pd.DataFrame(cur.fetchall(), columns=["patient_id", "program", "spo2_scale"])
+    readings = pd.DataFrame(
+        rows, columns=["reading_id", "patient_id", "loinc", "value", "measured_at"]
+    )
+    readings["measured_at"] = pd.to_datetime(readings["measured_at"], utc=True)
+    readings["value"] = readings["value"].astype("float64")
+    return readings, patients
+
+
 def _alerts_by_patient(flags: pd.DataFrame) -> pd.Series:
     alerts = flags.loc[flags["severity"] != "info"] if not flags.empty else flags
     return alerts.groupby("patient_id").size() if not alerts.empty else pd.Series(dtype="int64")
