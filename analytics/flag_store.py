@@ -488,6 +488,8 @@ def _update_flags(conn: psycopg.Connection[Any], states: Sequence[_FlagState]) -
         return
     conn.execute(
         "UPDATE flags AS f SET severity = u.severity, status = u.status,"
+        " severity_since = CASE WHEN f.severity IS DISTINCT FROM u.severity THEN now()"
+        " ELSE f.severity_since END,"
         " threshold = u.threshold::jsonb, rules_version = u.rules_version,"
         " last_breach_at = u.last_breach_at, breach_count = u.breach_count,"
         " last_value = u.last_value, worst_value = u.worst_value,"
@@ -542,8 +544,10 @@ _FLAG_SELECT: Final = (
     " f.title, f.direction, f.loinc, f.severity, f.status, f.opened_at, f.last_breach_at,"
     " f.breach_count, f.first_value, f.last_value, f.worst_value, f.threshold,"
     " f.rules_version, f.acknowledged_at, f.acknowledged_by, f.resolved_at, f.resolved_by,"
-    " f.resolution_note"
+    " f.resolution_note, f.assignee, f.late, f.severity_since, s.until AS snoozed_until"
     " FROM flags f JOIN patients p ON p.patient_id = f.patient_id"
+    " LEFT JOIN active_snoozes s"
+    "  ON (s.patient_id, s.rule_id, s.direction) = (f.patient_id, f.rule_id, f.direction)"
 )
 
 
@@ -558,11 +562,14 @@ def list_flags(
     *,
     statuses: Sequence[str] = ACTIVE_STATUSES,
     patient_id: str | None = None,
+    assignee: str | None = None,
+    include_snoozed: bool = False,
     limit: int = 500,
 ) -> list[dict[str, Any]]:
     """Flags in triage order: most severe first, then oldest ``opened_at`` first.
 
-    Each flag is a dict of its columns plus ``patient_name`` and ``unit`` (of ``loinc``).
+    Each flag is a dict of its columns plus ``patient_name``, ``unit`` (of ``loinc``) and
+    ``snoozed_until``. Snoozed flags are left out unless ``include_snoozed``.
     """
     if isinstance(statuses, str):
         statuses = (statuses,)
@@ -575,11 +582,15 @@ def list_flags(
         rows = cur.execute(
             _FLAG_SELECT + " WHERE f.status = ANY(%(statuses)s::text[])"
             " AND (%(patient_id)s::text IS NULL OR f.patient_id = %(patient_id)s::text)"
+            " AND (%(assignee)s::text IS NULL OR f.assignee = %(assignee)s::text)"
+            " AND (%(include_snoozed)s OR s.until IS NULL)"
             " ORDER BY array_position(%(severities)s::text[], f.severity), f.opened_at, f.flag_id"
             " LIMIT %(limit)s",
             {
                 "statuses": list(statuses),
                 "patient_id": patient_id,
+                "assignee": assignee,
+                "include_snoozed": include_snoozed,
                 "severities": list(SEVERITIES),
                 "limit": limit,
             },
@@ -588,7 +599,8 @@ def list_flags(
 
 
 def get_flag(conn: psycopg.Connection[Any], *, flag_id: int) -> dict[str, Any] | None:
-    """One flag as in :func:`list_flags`, plus its ``readings`` and ``events``; None if absent."""
+    """One flag as in :func:`list_flags`, plus its ``readings``, ``events`` and
+    ``escalations``; None if absent."""
     with conn.cursor(row_factory=dict_row) as cur:
         flag = cur.execute(_FLAG_SELECT + " WHERE f.flag_id = %s", (flag_id,)).fetchone()
         if flag is None:
@@ -602,14 +614,22 @@ def get_flag(conn: psycopg.Connection[Any], *, flag_id: int) -> dict[str, Any] |
             "SELECT at, event, actor, detail FROM flag_events WHERE flag_id = %s ORDER BY event_id",
             (flag_id,),
         ).fetchall()
+        flag["escalations"] = cur.execute(
+            "SELECT severity, waited, escalated_at, notified_at, notify_error"
+            " FROM flag_escalations WHERE flag_id = %s ORDER BY escalation_id",
+            (flag_id,),
+        ).fetchall()
     return _with_unit(flag)
 
 
 def counts_by_severity(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """Open and acknowledged flags per severity, every severity present (most severe first)."""
+    """Open and acknowledged flags per severity, every severity present (most severe first);
+    snoozed ones are not counted (the triage queue does not show them)."""
     counts = dict.fromkeys(SEVERITIES, 0)
     rows = conn.execute(
-        "SELECT severity, count(*) FROM flags WHERE status <> 'resolved' GROUP BY severity"
+        "SELECT f.severity, count(*) FROM flags f LEFT JOIN active_snoozes s"
+        " ON (s.patient_id, s.rule_id, s.direction) = (f.patient_id, f.rule_id, f.direction)"
+        " WHERE f.status <> 'resolved' AND s.until IS NULL GROUP BY f.severity"
     ).fetchall()
     for severity, count in rows:
         counts[severity] = count

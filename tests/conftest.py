@@ -91,7 +91,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
     """A connection to the session's database, emptied of clinical rows before the test."""
     with psycopg.connect(database_url) as conn:
         conn.execute(
-            "TRUNCATE readings, reading_ids, quarantine, flag_events, flag_readings, flags,"
+            "TRUNCATE readings, reading_ids, quarantine, flag_events, flag_readings,"
+            " flag_escalations, flag_snoozes, flags,"
             " rules_watermark, devices, gateway_patients, gateways, patients, follow_up_requests,"
             " inbox_receipts"
         )

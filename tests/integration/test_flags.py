@@ -130,7 +130,8 @@ def test_breaches_of_one_rule_share_one_open_flag(
 
     assert changes == FlagChanges(opened=1, updated=0, severity_raised=0, readings_linked=3)
     [flag] = list_flags(db)
-    assert {k: flag[k] for k in flag if k not in {"flag_id", "threshold"}} == {
+    assert flag["severity_since"] is not None
+    assert {k: flag[k] for k in flag if k not in {"flag_id", "threshold", "severity_since"}} == {
         "patient_id": "p1",
         "patient_name": "Ada Lovelace",
         "rule_id": "spo2-below-target",
@@ -153,6 +154,9 @@ def test_breaches_of_one_rule_share_one_open_flag(
         "resolved_at": None,
         "resolved_by": None,
         "resolution_note": None,
+        "assignee": None,
+        "late": False,
+        "snoozed_until": None,
     }
     assert flag["threshold"] == {
         "metric": SPO2,
