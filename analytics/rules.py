@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
 from importlib import resources
@@ -52,6 +52,11 @@ PROGRAMS: Final[tuple[str, ...]] = ("general", "hypertension", "heart_failure", 
 #: Defaults of the ``[settings]`` table.
 DEFAULT_RESOLVE_AFTER = timedelta(hours=4)
 DEFAULT_LATE_AFTER = timedelta(hours=6)
+#: An open flag of these severities nobody acknowledged within this long is escalated.
+DEFAULT_ESCALATE_AFTER: Final[Mapping[str, timedelta]] = {
+    "critical": timedelta(minutes=15),
+    "high": timedelta(minutes=60),
+}
 COMPARISON_FOR_DIRECTION: Final[Mapping[str, str]] = {"high": "above", "low": "below"}
 
 DEFAULT_RULES_PACKAGE: Final = "analytics"
@@ -92,7 +97,7 @@ _MERGE_COLUMNS: Final = (
 )
 _DESCRIPTIVE_COLUMNS: Final = ("rule_id", "kind", "direction", "title", "severity", "label")
 
-_RULESET_KEYS: Final = frozenset({"version", "rules", "settings"})
+_RULESET_KEYS: Final = frozenset({"version", "rules", "settings", "escalation"})
 _SETTINGS_KEYS: Final = frozenset({"resolve_after_minutes", "late_after_hours"})
 _RULE_KEYS: Final = frozenset(
     {"id", "title", "kind", "direction", "source", "when", "spo2_scale", "hysteresis", "programs"}
@@ -173,6 +178,10 @@ class RuleSet:
     rules: tuple[Rule, ...]
     resolve_after: timedelta = DEFAULT_RESOLVE_AFTER
     late_after: timedelta = DEFAULT_LATE_AFTER
+    #: Severity -> how long an open flag may wait for acknowledgement before escalation.
+    escalate_after: Mapping[str, timedelta] = field(
+        default_factory=lambda: dict(DEFAULT_ESCALATE_AFTER)
+    )
 
     @property
     def thresholds(self) -> tuple[ThresholdRule, ...]:
@@ -293,6 +302,7 @@ def rules_from_mapping(data: Mapping[str, Any], *, source: str = "<rules>") -> R
     late_after = _positive_duration(
         raw_settings, "late_after_hours", 3600.0, DEFAULT_LATE_AFTER, where=source
     )
+    escalate_after = _escalation(data.get("escalation"), where=source)
     rules: list[Rule] = []
     seen_ids: set[str] = set()
     for position, raw_rule in enumerate(raw_rules, start=1):
@@ -306,7 +316,27 @@ def rules_from_mapping(data: Mapping[str, Any], *, source: str = "<rules>") -> R
         rules=tuple(rules),
         resolve_after=resolve_after,
         late_after=late_after,
+        escalate_after=escalate_after,
     )
+
+
+def _escalation(raw: Any, *, where: str) -> dict[str, timedelta]:
+    """``[escalation]``: severity = minutes an open flag may wait for acknowledgement."""
+    if raw is None:
+        return dict(DEFAULT_ESCALATE_AFTER)
+    if not isinstance(raw, Mapping):
+        raise RulesConfigError(f"{where}: [escalation] must be a table of severity = minutes")
+    waits = {}
+    for severity, minutes in raw.items():
+        if severity not in SEVERITY_RANK:
+            raise RulesConfigError(
+                f"{where}: [escalation] unknown severity {severity!r}"
+                f" (expected one of {', '.join(SEVERITIES)})"
+            )
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not minutes > 0:
+            raise RulesConfigError(f"{where}: [escalation] {severity} must be a positive number")
+        waits[severity] = timedelta(minutes=float(minutes))
+    return waits
 
 
 def _positive_duration(

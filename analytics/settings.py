@@ -27,6 +27,13 @@ class AnalyticsSettings(BaseSettings):
         50_000, ge=1, le=5_000_000, alias="ANALYTICS_BATCH_MAX_READINGS"
     )
     db_wait_seconds: float = Field(30.0, ge=0, alias="ANALYTICS_DB_WAIT_SECONDS")
+    # How often unacknowledged urgent flags are checked for escalation (the waits themselves
+    # are in the rules file's [escalation] table).
+    escalation_interval_s: float = Field(
+        30.0, gt=0, le=3600, alias="ANALYTICS_ESCALATION_INTERVAL_S"
+    )
+    # Where escalations are POSTed (JSON, no patient data); unset: a WARNING log line only.
+    escalation_webhook: str | None = Field(None, alias="ANALYTICS_ESCALATION_WEBHOOK")
 
     @field_validator("rules_file", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import pandas as pd
@@ -29,6 +30,14 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
+from analytics.escalation import (
+    LogNotifier,
+    Notifier,
+    WebhookNotifier,
+    escalate_due,
+    escalation_summary,
+    notify_all,
+)
 from analytics.flag_store import FlagChanges, apply_breaches
 from analytics.rules import (
     READING_COLUMNS,
@@ -202,6 +211,12 @@ def run_forever(
         settings.poll_interval_ms,
     )
     stalled_since: float | None = None
+    notifier = (
+        WebhookNotifier(settings.escalation_webhook)
+        if settings.escalation_webhook
+        else LogNotifier()
+    )
+    next_escalation = time.monotonic()
     try:
         while not stop.is_set():
             try:
@@ -217,6 +232,9 @@ def run_forever(
                 )
                 backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 _log_pass(result, elapsed_s=time.monotonic() - started)
+                if time.monotonic() >= next_escalation:
+                    escalate(conn, rules, notifier)
+                    next_escalation = time.monotonic() + settings.escalation_interval_s
                 if result.upper > result.lower:
                     stalled_since = None
                 elif stalled_since is None:
@@ -246,6 +264,16 @@ def run_forever(
     finally:
         _close_quietly(conn)
         log.info("rules worker %s stopped", settings.worker_name)
+
+
+def escalate(conn: psycopg.Connection[Any], rules: RuleSet, notifier: Notifier) -> int:
+    """Record the escalations due now, commit them, then notify; how many there were."""
+    with conn.transaction():
+        escalations = escalate_due(conn, rules, now=datetime.now(UTC))
+    if escalations:
+        log.info("escalated %d flag(s): %s", len(escalations), escalation_summary(escalations))
+        notify_all(conn, escalations, notifier)
+    return len(escalations)
 
 
 def _warn_if_readings_wait(conn: psycopg.Connection[Any], *, lower: int) -> None:
