@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from analytics.rules import load_rules
 from ingest import db
-from ingest.api.routes import flags, follow_ups, health, operations, patients, rules
+from ingest.api.routes import flags, follow_ups, health, operations, patients, rules, snoozes
 from ingest.consumer import ReadingConsumer
 from ingest.counters import IngestCounters
 from ingest.settings import IngestSettings, get_settings
@@ -66,4 +66,5 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.include_router(follow_ups.router)
     app.include_router(operations.router)
     app.include_router(rules.router)
+    app.include_router(snoozes.router)
     return app

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
-from analytics import flag_store
+from analytics import flag_lifecycle, flag_store
 from ingest.api.deps import CallerDep, ConnDep, audited
 
 router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
@@ -23,17 +23,34 @@ class Resolution(BaseModel):
     note: str = Field(min_length=1, max_length=2000)
 
 
+class Assignment(BaseModel):
+    """Whom the flag goes to; ``null`` takes it off everyone. "Assign to me" sends the
+    caller's own name."""
+
+    assignee: str | None = Field(max_length=64)
+
+
 @router.get("")
 def list_flags(
     conn: ConnDep,
     caller: CallerDep,
     status_: Annotated[list[FlagStatus] | None, Query(alias="status")] = None,
     patient_id: Annotated[str | None, Query(max_length=64)] = None,
+    assignee: Annotated[str | None, Query(max_length=64)] = None,
+    include_snoozed: bool = False,
     limit: Annotated[int, Query(ge=1, le=2000)] = 500,
 ) -> list[dict[str, Any]]:
-    """Flags by severity (critical first), then age (oldest first). Default: not resolved."""
+    """Flags by severity (critical first), then age (oldest first). Default: not resolved,
+    not snoozed."""
     statuses = tuple(status_) if status_ else ("open", "acknowledged")
-    flags = flag_store.list_flags(conn, statuses=statuses, patient_id=patient_id, limit=limit)
+    flags = flag_store.list_flags(
+        conn,
+        statuses=statuses,
+        patient_id=patient_id,
+        assignee=assignee,
+        include_snoozed=include_snoozed,
+        limit=limit,
+    )
     resource = f"patient/{patient_id}/flags" if patient_id else "flags"
     audited(conn, caller, action="read.flags", resource=resource, outcome="ok")
     return flags
@@ -94,6 +111,20 @@ def resolve(flag_id: int, body: Resolution, conn: ConnDep, caller: CallerDep) ->
     flag = flag_store.resolve_flag(conn, flag_id=flag_id, actor=caller.user, note=body.note)
     outcome = "ok" if flag else "not_found"
     audited(conn, caller, action="write.flag.resolve", resource=resource, outcome=outcome)
+    if flag is None:
+        conn.commit()
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such flag")
+    return flag
+
+
+@router.post("/{flag_id}/assign")
+def assign(flag_id: int, body: Assignment, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
+    """Give the flag to someone (or to nobody)."""
+    flag = flag_lifecycle.assign_flag(
+        conn, flag_id=flag_id, assignee=body.assignee, actor=caller.user
+    )
+    outcome = "ok" if flag else "not_found"
+    audited(conn, caller, action="write.flag.assign", resource=f"flag/{flag_id}", outcome=outcome)
     if flag is None:
         conn.commit()
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such flag")
