@@ -59,7 +59,7 @@ def resolve_after_by_rule(rules: RuleSet) -> dict[str, timedelta]:
     }
 
 
-def _lower_is_worse(rules: RuleSet) -> dict[str, bool]:
+def lower_is_worse(rules: RuleSet) -> dict[str, bool]:
     """Whether a rule's breach values get worse as they fall: the reading of a ``low``
     threshold, sustained or baseline rule, and the day count of ``days_with_readings``. (A
     trend's value is the change in the direction of concern; NEWS2's the score; a silence's
@@ -163,8 +163,8 @@ def episodes(
     opening_rows = np.flatnonzero(opens)
     direction = signals["direction"].to_numpy()[opening_rows]
     values = grouped["value"]
-    lower_is_worse = signals["rule_id"].iloc[opening_rows].map(_lower_is_worse(rules))
-    worst = np.where(lower_is_worse, values.min().to_numpy(), values.max().to_numpy())
+    falling_is_worse = signals["rule_id"].iloc[opening_rows].map(lower_is_worse(rules))
+    worst = np.where(falling_is_worse, values.min().to_numpy(), values.max().to_numpy())
     resolution_rows = np.flatnonzero(resolving & belongs)
     resolution = pd.Series(
         at[resolution_rows] + wait[resolution_rows], index=flag_number[resolution_rows]

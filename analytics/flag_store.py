@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from analytics import AnalyticsError
+from analytics.episodes import lower_is_worse as _lower_is_worse
 from analytics.rules import BREACH_COLUMNS, SEVERITIES, SEVERITY_RANK, RuleSet
 from carewatch_contract.metrics import metric_for
 
@@ -84,29 +86,37 @@ class _Breach:
     limit: float
     label: str
     title: str
+    late: bool = False  # the reading reached CareWatch long after it was taken
 
     @property
     def key(self) -> FlagKey:
         return (self.patient_id, self.rule_id, self.direction)
 
     def threshold(self) -> dict[str, Any]:
-        """The condition this breach met, as stored in ``flags.threshold``."""
-        comparison = "above" if self.direction == "high" else "below"
-        return {
+        """The condition this breach met, as stored in ``flags.threshold``: the limit under
+        ``above`` or ``below`` for a rule with a direction; for others (NEWS2, adherence)
+        the kind and, where there is one, the limit."""
+        condition: dict[str, Any] = {
             "metric": self.loinc,
-            comparison: self.limit,
             "severity": self.severity,
             "label": self.label,
             "title": self.title,
         }
+        limit = None if math.isnan(self.limit) else self.limit
+        if self.direction in ("high", "low"):
+            condition["above" if self.direction == "high" else "below"] = limit
+        else:
+            condition["kind"] = self.kind
+            condition["limit"] = limit
+        return condition
 
     def event_detail(self) -> dict[str, Any]:
         return {
             "reading_id": str(self.reading_id),
             "measured_at": self.measured_at.isoformat(),
             "loinc": self.loinc,
-            "value": self.value,
-            "limit": self.limit,
+            "value": None if math.isnan(self.value) else self.value,
+            "limit": None if math.isnan(self.limit) else self.limit,
             "label": self.label,
         }
 
@@ -134,6 +144,7 @@ class _FlagState:
     worst_value: float
     acknowledged_at: datetime | None = None
     acknowledged_by: str | None = None
+    late: bool = False
     severity_raised: bool = False
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
@@ -210,13 +221,14 @@ def _breaches_from_frame(breaches: pd.DataFrame, rules: RuleSet) -> list[_Breach
         return []
     unique = breaches.drop_duplicates(["reading_id", "rule_id"], keep="first")
     measured_at = pd.to_datetime(unique["measured_at"], utc=True)
+    late = unique["late"] if "late" in unique.columns else pd.Series(False, index=unique.index)
     result = [
         _Breach(
             reading_id=_as_uuid(row.reading_id),
             patient_id=str(row.patient_id),
             rule_id=str(row.rule_id),
             kind=str(row.kind),
-            direction=str(row.direction),
+            direction=row.direction if isinstance(row.direction, str) else "none",
             loinc=str(row.loinc),
             value=float(row.value),
             measured_at=at.to_pydatetime(),
@@ -224,8 +236,9 @@ def _breaches_from_frame(breaches: pd.DataFrame, rules: RuleSet) -> list[_Breach
             limit=float(row.limit),
             label=str(row.label),
             title=str(row.title),
+            late=bool(is_late),
         )
-        for row, at in zip(unique.itertuples(index=False), measured_at, strict=True)
+        for row, at, is_late in zip(unique.itertuples(index=False), measured_at, late, strict=True)
     ]
     unknown = {b.severity for b in result} - set(SEVERITY_RANK)
     if unknown:
@@ -350,6 +363,7 @@ def _open_state(group: list[_Breach], rules: RuleSet) -> _FlagState:
         first_value=first.value,
         last_value=first.value,
         worst_value=first.value,
+        late=first.late,
         events=[
             (
                 "opened",
@@ -367,7 +381,7 @@ def _open_state(group: list[_Breach], rules: RuleSet) -> _FlagState:
 def _fold(state: _FlagState, breaches: Iterable[_Breach], rules: RuleSet) -> _FlagState:
     """``state`` after newly linked ``breaches`` (in measured_at order); events appended."""
     state = replace(state, events=list(state.events))
-    worse = max if state.direction == "high" else min
+    worse = min if _lower_is_worse(rules).get(state.rule_id, state.direction == "low") else max
     for breach in breaches:
         state.breach_count += 1
         if breach.loinc == state.loinc:
@@ -423,16 +437,16 @@ def _insert_flags(
     rows = conn.execute(
         "INSERT INTO flags (patient_id, rule_id, direction, kind, loinc, title, severity, status,"
         " threshold, rules_version, opened_at, last_breach_at, breach_count, first_value,"
-        " last_value, worst_value)"
+        " last_value, worst_value, late)"
         " SELECT u.patient_id, u.rule_id, u.direction, u.kind, u.loinc, u.title, u.severity,"
         " 'open', u.threshold::jsonb, u.rules_version, u.opened_at, u.last_breach_at,"
-        " u.breach_count, u.first_value, u.last_value, u.worst_value"
+        " u.breach_count, u.first_value, u.last_value, u.worst_value, u.late"
         " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],"
         " %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[],"
-        " %s::int[], %s::float8[], %s::float8[], %s::float8[])"
+        " %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::bool[])"
         " AS u(patient_id, rule_id, direction, kind, loinc, title, severity, threshold,"
         " rules_version, opened_at, last_breach_at, breach_count, first_value, last_value,"
-        " worst_value)"
+        " worst_value, late)"
         " ON CONFLICT (patient_id, rule_id, direction) WHERE status <> 'resolved' DO NOTHING"
         " RETURNING patient_id, rule_id, direction, flag_id",
         (
@@ -451,6 +465,7 @@ def _insert_flags(
             [s.first_value for s in states],
             [s.last_value for s in states],
             [s.worst_value for s in states],
+            [s.late for s in states],
         ),
     ).fetchall()
     return {

@@ -32,6 +32,9 @@ class AnalyticsSettings(BaseSettings):
     escalation_interval_s: float = Field(
         30.0, gt=0, le=3600, alias="ANALYTICS_ESCALATION_INTERVAL_S"
     )
+    # How often the time-driven part runs for every monitored patient: silences (no reading
+    # for 48 h) and flags whose value has been back in range long enough.
+    sweep_interval_s: float = Field(60.0, gt=0, le=3600, alias="ANALYTICS_SWEEP_INTERVAL_S")
     # Where escalations are POSTed (JSON, no patient data); unset: a WARNING log line only.
     escalation_webhook: str | None = Field(None, alias="ANALYTICS_ESCALATION_WEBHOOK")
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import pandas as pd
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
+from analytics import live
 from analytics.escalation import (
     LogNotifier,
     Notifier,
@@ -38,15 +38,10 @@ from analytics.escalation import (
     escalation_summary,
     notify_all,
 )
-from analytics.flag_store import FlagChanges, apply_breaches
-from analytics.rules import (
-    READING_COLUMNS,
-    SPO2_SCALE_COLUMN,
-    RuleSet,
-    evaluate_thresholds,
-    load_rules,
-)
+from analytics.flag_store import FlagChanges
+from analytics.rules import RuleSet, load_rules
 from analytics.settings import AnalyticsSettings
+from analytics.signals import BREACH
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +71,8 @@ class PassResult:
     changes: FlagChanges
     #: The window was cut short to bound the batch: more readings are ready right now.
     more_ready: bool = False
+    #: Flags the rules resolved: back in range for the rule set's resolve_after.
+    resolved: int = 0
 
 
 def run_once(
@@ -102,9 +99,24 @@ def run_once(
         if horizon <= lower:
             return PassResult(worker, lower, lower, 0, 0, FlagChanges())
         upper = _bounded_upper(conn, lower=lower, upper=horizon, max_readings=max_readings)
-        readings = _read_window(conn, lower=lower, upper=upper, metrics=rules.metrics)
-        breaches = evaluate_thresholds(readings, rules)
-        changes = apply_breaches(conn, breaches, rules)
+        new = _read_window(conn, lower=lower, upper=upper)
+        changes, breaches, resolved = FlagChanges(), 0, 0
+        if new:
+            now = datetime.now(UTC)
+            signals, flags = live.evaluate_patients(
+                conn,
+                rules,
+                patient_ids=sorted({patient_id for _, patient_id, _ in new}),
+                since=min(measured_at for _, _, measured_at in new),
+                now=now,
+            )
+            new_ids = {reading_id for reading_id, _, _ in new}
+            breaches = int(
+                ((signals["state"] == BREACH) & signals["reading_id"].isin(new_ids)).sum()
+            )
+            changes, resolved = live.apply_new_readings(
+                conn, rules, signals, flags, new_reading_ids=new_ids, now=now
+            )
         conn.execute(
             "UPDATE rules_watermark SET processed_below = %s::text::xid8, updated_at = now()"
             " WHERE worker = %s",
@@ -114,10 +126,11 @@ def run_once(
         worker=worker,
         lower=lower,
         upper=upper,
-        readings=len(readings),
-        breaches=len(breaches),
+        readings=len(new),
+        breaches=breaches,
         changes=changes,
         more_ready=upper < horizon,
+        resolved=resolved,
     )
 
 
@@ -171,22 +184,15 @@ def _bounded_upper(
 
 
 def _read_window(
-    conn: psycopg.Connection[Any], *, lower: int, upper: int, metrics: frozenset[str]
-) -> pd.DataFrame:
-    """The readings stored by transactions in ``[lower, upper)`` whose metric a rule uses."""
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT r.reading_id, r.patient_id, r.loinc, r.value, r.measured_at, p.spo2_scale"
-            " FROM readings r JOIN patients p USING (patient_id)"
-            " WHERE r.ingest_xid >= %s::text::xid8 AND r.ingest_xid < %s::text::xid8"
-            " AND r.loinc = ANY(%s::text[])",
-            (str(lower), str(upper), sorted(metrics)),
-        )
-        rows = cur.fetchall()
-    frame = pd.DataFrame.from_records(rows, columns=[*READING_COLUMNS, SPO2_SCALE_COLUMN])
-    if frame.empty:
-        return frame.astype({"value": "float64", "measured_at": "datetime64[ns, UTC]"})
-    return frame.assign(measured_at=pd.to_datetime(frame["measured_at"], utc=True))
+    conn: psycopg.Connection[Any], *, lower: int, upper: int
+) -> list[tuple[str, str, datetime]]:
+    """(reading id, patient, measured_at) of the readings stored by transactions in
+    ``[lower, upper)``."""
+    return conn.execute(
+        "SELECT reading_id::text, patient_id, measured_at FROM readings"
+        " WHERE ingest_xid >= %s::text::xid8 AND ingest_xid < %s::text::xid8",
+        (str(lower), str(upper)),
+    ).fetchall()
 
 
 def run_forever(
@@ -216,7 +222,7 @@ def run_forever(
         if settings.escalation_webhook
         else LogNotifier()
     )
-    next_escalation = time.monotonic()
+    next_escalation = next_sweep = time.monotonic()
     try:
         while not stop.is_set():
             try:
@@ -232,6 +238,17 @@ def run_forever(
                 )
                 backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 _log_pass(result, elapsed_s=time.monotonic() - started)
+                if time.monotonic() >= next_sweep:
+                    with conn.transaction():
+                        swept, resolved = live.sweep(conn, rules, now=datetime.now(UTC))
+                    if swept.opened or swept.updated or resolved:
+                        log.info(
+                            "sweep: %d flag(s) opened, %d updated, %d resolved back in range",
+                            swept.opened,
+                            swept.updated,
+                            resolved,
+                        )
+                    next_sweep = time.monotonic() + settings.sweep_interval_s
                 if time.monotonic() >= next_escalation:
                     escalate(conn, rules, notifier)
                     next_escalation = time.monotonic() + settings.escalation_interval_s

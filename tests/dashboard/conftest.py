@@ -64,8 +64,9 @@ def workspace_env(api_server: RunningApi, monkeypatch: pytest.MonkeyPatch) -> Ru
 def seeded(db: psycopg.Connection) -> SeededWorkspace:
     """Two patients with a week of readings, and the flags the real rules raise for them.
 
-    - Alice Moreau (hypertension): blood pressure twice a day, a 192/124 crisis two days ago
-      (one critical flag linking both readings), and a 38.4 C temperature yesterday (medium).
+    - Alice Moreau (hypertension): blood pressure twice a day until a 192/124 crisis two days
+      ago (one critical flag linking both readings; no later pressure, so it has not come back
+      in range), and a 38.4 C temperature yesterday (medium).
     - Bruno Keller (COPD): SpO2 once a day, 93 % three days ago (high) and 89 % yesterday,
       which raises that flag to critical.
     """
@@ -99,10 +100,11 @@ def seeded(db: psycopg.Connection) -> SeededWorkspace:
         return reading_id
 
     for day in range(6, 0, -1):
-        for hour in (8, 20):
-            at = now - timedelta(days=day, hours=hour)
-            reading(alice, "bp", Loinc.SYSTOLIC, "mm[Hg]", 138 + day, at)
-            reading(alice, "bp", Loinc.DIASTOLIC, "mm[Hg]", 86 + day % 3, at)
+        if day > 2:  # the crisis two days ago is her latest blood pressure: its flag stays open
+            for hour in (8, 20):
+                at = now - timedelta(days=day, hours=hour)
+                reading(alice, "bp", Loinc.SYSTOLIC, "mm[Hg]", 138 + day, at)
+                reading(alice, "bp", Loinc.DIASTOLIC, "mm[Hg]", 86 + day % 3, at)
         reading(
             bruno, "oximeter", Loinc.SPO2, "%", 96 - day % 2, now - timedelta(days=day, hours=2)
         )

@@ -437,7 +437,14 @@ def test_run_once_processes_committed_readings_exactly_once(
     assert (first.readings, first.breaches, first.changes.opened) == (4, 2, 2)
     assert first.upper > first.lower
     assert (second.readings, second.breaches) == (0, 0)
-    assert sum(f["breach_count"] for f in list_flags(db)) == 2
+    every = list_flags(db, statuses=("open", "acknowledged", "resolved"))
+    assert sum(f["breach_count"] for f in every) == 2
+    # SpO2 97 a minute after the 93: back in range for 4 h long since, resolved by the rules
+    assert first.resolved == 1
+    assert {f["rule_id"]: f["resolved_by"] for f in every} == {
+        "spo2-below-target": "rules",
+        "hypoglycaemia": None,
+    }
     watermark = db.execute(
         "SELECT processed_below::text FROM rules_watermark WHERE worker = 'rules-1'"
     ).fetchone()

@@ -1,0 +1,223 @@
+"""The live side of the rules engine: the recent history of the patients a pass concerns,
+evaluated with :mod:`analytics.signals` / :mod:`analytics.episodes`, written through the flag
+store.
+
+For each patient with new readings, a pass evaluates every rule over that patient's readings
+since ``max(lookback)`` before the earliest new one (every rule sees the history it needs:
+trend windows, the 14-day baseline, the previous week). Then:
+
+- the breach signals of the *new* readings go to :func:`analytics.flag_store.apply_breaches`
+  (one open flag per patient, rule and direction; severity steps up; a breach after an
+  acknowledgement puts the flag back in the queue; each reading linked once);
+- an active flag whose episode the engine sees resolved (back in range for ``resolve_after``)
+  is resolved by ``rules``, with the time it was back in range.
+
+Silence and waits end without any reading arriving, so :func:`sweep` repeats the evaluation at
+a wall-clock ``now`` for the patients with active flags or recent readings: adherence breaches
+(a device silent for 48 h) and auto-resolutions happen on time. A reading that reached
+CareWatch (``ingested_at``) more than ``late_after`` after it was taken raises a late flag.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import pandas as pd
+import psycopg
+
+from analytics.episodes import episodes
+from analytics.flag_store import FlagChanges, apply_breaches
+from analytics.rule_kinds import AdherenceRule, BaselineRule, News2Rule, SustainedRule, TrendRule
+from analytics.rules import RuleSet
+from analytics.signals import BREACH, evaluate
+
+#: The namespace of the reading ids given to breaches no reading carries (a silence).
+SILENCE_NAMESPACE: Final = uuid.UUID("9f7c0a52-6c1e-4d3e-9d0b-2b8f3f1a7c11")
+#: A count-based sustained rule needs its run inside the history: this much is loaded.
+SUSTAINED_HISTORY: Final = timedelta(days=7)
+#: How far back the sweep looks for patients still being monitored.
+MONITORED_WITHIN: Final = timedelta(days=30)
+
+
+def lookback(rules: RuleSet) -> timedelta:
+    """How much history before a reading every rule needs to judge it, and to see an
+    episode resolve."""
+    spans = [rules.resolve_after]
+    for rule in rules.rules:
+        if isinstance(rule, TrendRule):
+            spans.append(rule.window if rule.statistic == "rise_from_lowest" else timedelta(14))
+        elif isinstance(rule, BaselineRule):
+            spans.append(timedelta(days=rule.window_days + 1))
+        elif isinstance(rule, AdherenceRule):
+            spans.append(
+                timedelta(hours=rule.hours)
+                if rule.check == "silent"
+                else timedelta(days=rule.of_days + 1)
+            )
+        elif isinstance(rule, SustainedRule):
+            spans.append(timedelta(minutes=rule.minutes) if rule.minutes else SUSTAINED_HISTORY)
+        elif isinstance(rule, News2Rule):
+            spans.append(timedelta(minutes=rule.window_minutes))
+    return max(spans) + rules.resolve_after + timedelta(days=1)
+
+
+def load_history(
+    conn: psycopg.Connection[Any], *, patient_ids: list[str], since: datetime
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The patients' readings measured since ``since`` (``received_at`` = when CareWatch got
+    them) and their attributes."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT reading_id::text, patient_id, loinc, value, measured_at, ingested_at"
+            " FROM readings WHERE patient_id = ANY(%s::text[]) AND measured_at >= %s",
+            (patient_ids, since),
+        )
+        rows = cur.fetchall()
+        cur.execute(
+            "SELECT patient_id, program, spo2_scale FROM patients"
+            " WHERE patient_id = ANY(%s::text[])",
+            (patient_ids,),
+        )
+        patients = pd.DataFrame(cur.fetchall(), columns=["patient_id", "program", "spo2_scale"])
+    readings = pd.DataFrame(
+        rows,
+        columns=["reading_id", "patient_id", "loinc", "value", "measured_at", "received_at"],
+    )
+    readings["measured_at"] = pd.to_datetime(readings["measured_at"], utc=True)
+    readings["received_at"] = pd.to_datetime(readings["received_at"], utc=True)
+    readings["value"] = readings["value"].astype("float64")
+    return readings, patients
+
+
+def as_breaches(signals: pd.DataFrame, rules: RuleSet) -> pd.DataFrame:
+    """Breach signals in the flag store's breach columns. A breach no reading carries (a
+    silence, a week with too few days) gets a reading id derived from the patient, the rule
+    and its time, so that applying it again links nothing twice."""
+    breaching = signals.loc[signals["state"] == BREACH]
+    titles = {rule.id: rule.title for rule in rules.rules}
+    reading_id = [
+        rid
+        if rid is not None
+        else str(uuid.uuid5(SILENCE_NAMESPACE, f"{patient}/{rule}/{at.isoformat()}"))
+        for rid, patient, rule, at in zip(
+            breaching["reading_id"],
+            breaching["patient_id"],
+            breaching["rule_id"],
+            breaching["at"],
+            strict=True,
+        )
+    ]
+    return pd.DataFrame(
+        {
+            "reading_id": reading_id,
+            "patient_id": breaching["patient_id"].to_numpy(),
+            "rule_id": breaching["rule_id"].to_numpy(),
+            "kind": breaching["kind"].to_numpy(),
+            "direction": breaching["direction"].to_numpy(),
+            "loinc": breaching["metric"].to_numpy(),
+            "value": breaching["value"].to_numpy(),
+            "measured_at": breaching["at"].to_numpy(),
+            "severity": breaching["severity"].to_numpy(),
+            "limit": breaching["limit"].to_numpy(),
+            "label": breaching["label"].to_numpy(),
+            "title": breaching["rule_id"].map(titles).to_numpy(),
+            "late": breaching["late"].to_numpy(),
+        }
+    )
+
+
+def evaluate_patients(
+    conn: psycopg.Connection[Any],
+    rules: RuleSet,
+    *,
+    patient_ids: list[str],
+    since: datetime,
+    now: datetime,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Signals and episodes of these patients' readings since ``since`` - lookback."""
+    readings, patients = load_history(conn, patient_ids=patient_ids, since=since - lookback(rules))
+    signals = evaluate(readings, rules, patients=patients, now=now)
+    return signals, episodes(signals, rules, now=now)
+
+
+def apply_new_readings(
+    conn: psycopg.Connection[Any],
+    rules: RuleSet,
+    signals: pd.DataFrame,
+    flags: pd.DataFrame,
+    *,
+    new_reading_ids: set[str],
+    now: datetime,
+) -> tuple[FlagChanges, int]:
+    """Apply the breaches of the new readings and the engine's resolutions; the flag changes
+    and the number of flags the rules resolved."""
+    chosen = signals.loc[signals["reading_id"].isin(new_reading_ids)]
+    changes = apply_breaches(conn, as_breaches(chosen, rules), rules)
+    return changes, resolve_back_in_range(conn, flags, now=now)
+
+
+def resolve_back_in_range(
+    conn: psycopg.Connection[Any], flags: pd.DataFrame, *, now: datetime
+) -> int:
+    """Resolve each active flag whose latest episode the engine sees resolved by ``now``
+    (and that no breach reached after that)."""
+    if flags.empty:
+        return 0
+    latest = (
+        flags.sort_values("opened_at")
+        .groupby(["patient_id", "rule_id", flags["direction"].fillna("none")], sort=False)
+        .tail(1)
+    )
+    done = latest.loc[latest["resolved_at"].notna() & (latest["resolved_at"] <= pd.Timestamp(now))]
+    if done.empty:
+        return 0
+    rows = conn.execute(
+        "WITH back AS ("
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
+        " %s::timestamptz[]) AS b(patient_id, rule_id, direction, opened_at, back_at)),"
+        " resolved AS ("
+        " UPDATE flags f SET status = 'resolved', resolved_at = b.back_at, resolved_by = 'rules',"
+        " resolution_note = 'back in range'"
+        " FROM back b WHERE (f.patient_id, f.rule_id, f.direction)"
+        " = (b.patient_id, b.rule_id, b.direction)"
+        " AND f.status <> 'resolved' AND f.last_breach_at < b.back_at"
+        " RETURNING f.flag_id, f.status)"
+        " INSERT INTO flag_events (flag_id, event, actor, detail)"
+        " SELECT flag_id, 'resolved', 'rules', '{\"reason\": \"back in range\"}'::jsonb"
+        " FROM resolved RETURNING flag_id",
+        (
+            done["patient_id"].tolist(),
+            done["rule_id"].tolist(),
+            done["direction"].fillna("none").tolist(),
+            done["opened_at"].tolist(),
+            done["resolved_at"].tolist(),
+        ),
+    ).fetchall()
+    return len(rows)
+
+
+def monitored_patients(conn: psycopg.Connection[Any], *, now: datetime) -> list[str]:
+    """Patients with an active flag or a reading in the last 30 days: what a sweep covers."""
+    rows = conn.execute(
+        "SELECT patient_id FROM flags WHERE status <> 'resolved'"
+        " UNION SELECT DISTINCT patient_id FROM devices WHERE last_reading_at >= %s",
+        (now - MONITORED_WITHIN,),
+    ).fetchall()
+    return sorted(patient_id for (patient_id,) in rows)
+
+
+def sweep(
+    conn: psycopg.Connection[Any], rules: RuleSet, *, now: datetime
+) -> tuple[FlagChanges, int]:
+    """The time-driven part, for every monitored patient: breaches no reading carries
+    (silence, too few days; applying one again changes nothing) and resolutions whose wait
+    ended."""
+    patient_ids = monitored_patients(conn, now=now)
+    if not patient_ids:
+        return FlagChanges(), 0
+    signals, flags = evaluate_patients(conn, rules, patient_ids=patient_ids, since=now, now=now)
+    unread = signals.loc[signals["reading_id"].isna()]
+    changes = apply_breaches(conn, as_breaches(unread, rules), rules)
+    return changes, resolve_back_in_range(conn, flags, now=now)
