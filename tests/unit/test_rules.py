@@ -343,6 +343,8 @@ def test_packaged_defaults_cite_their_sources_and_draw_chart_lines(rules: RuleSe
         "bradycardia",
         "tachycardia",
         "hypothermia",
+        "bradypnoea",
+        "tachypnoea",
     }
     assert all(rule.source for rule in rules.rules)
     assert rules.threshold_lines(str(Loinc.GLUCOSE)) == [
