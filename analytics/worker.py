@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
@@ -81,13 +81,15 @@ def run_once(
     *,
     worker: str = DEFAULT_WORKER,
     max_readings: int = DEFAULT_MAX_READINGS,
+    cache: live.HistoryCache | None = None,
 ) -> PassResult:
     """Evaluate the readings stored since this worker's last pass, in one committed transaction.
 
     ``conn`` must have no transaction in progress (this function commits) and run at READ
     COMMITTED, the default. ``max_readings`` bounds a pass at a transaction boundary (a pass
     takes every reading of the transactions it includes, so it may exceed the bound when one
-    transaction stored more).
+    transaction stored more). ``cache`` (:class:`analytics.live.HistoryCache`) spares reading
+    the patients' history from the database on every pass.
     """
     if max_readings < 1:
         raise ValueError(f"max_readings must be at least 1, not {max_readings}")
@@ -99,18 +101,21 @@ def run_once(
         if horizon <= lower:
             return PassResult(worker, lower, lower, 0, 0, FlagChanges())
         upper = _bounded_upper(conn, lower=lower, upper=horizon, max_readings=max_readings)
-        new = _read_window(conn, lower=lower, upper=upper)
+        new = live.new_readings(conn, lower=lower, upper=upper)
         changes, breaches, resolved = FlagChanges(), 0, 0
-        if new:
+        if not new.empty:
             now = datetime.now(UTC)
+            if cache is not None:
+                cache.add(new)
             signals, flags = live.evaluate_patients(
                 conn,
                 rules,
-                patient_ids=sorted({patient_id for _, patient_id, _ in new}),
-                since=min(measured_at for _, _, measured_at in new),
+                patient_ids=sorted(set(new["patient_id"])),
+                since=new["measured_at"].min().to_pydatetime(),
                 now=now,
+                cache=cache,
             )
-            new_ids = {reading_id for reading_id, _, _ in new}
+            new_ids = set(new["reading_id"])
             breaches = int(
                 ((signals["state"] == BREACH) & signals["reading_id"].isin(new_ids)).sum()
             )
@@ -183,18 +188,6 @@ def _bounded_upper(
     return upper
 
 
-def _read_window(
-    conn: psycopg.Connection[Any], *, lower: int, upper: int
-) -> list[tuple[str, str, datetime]]:
-    """(reading id, patient, measured_at) of the readings stored by transactions in
-    ``[lower, upper)``."""
-    return conn.execute(
-        "SELECT reading_id::text, patient_id, measured_at FROM readings"
-        " WHERE ingest_xid >= %s::text::xid8 AND ingest_xid < %s::text::xid8",
-        (str(lower), str(upper)),
-    ).fetchall()
-
-
 def run_forever(
     settings: AnalyticsSettings, stop: threading.Event, *, rules: RuleSet | None = None
 ) -> None:
@@ -223,6 +216,7 @@ def run_forever(
         else LogNotifier()
     )
     next_escalation = next_sweep = time.monotonic()
+    cache = live.HistoryCache(live.lookback(rules) + timedelta(days=1))
     try:
         while not stop.is_set():
             try:
@@ -235,12 +229,15 @@ def run_forever(
                     rules,
                     worker=settings.worker_name,
                     max_readings=settings.batch_max_readings,
+                    cache=cache,
                 )
                 backoff_s = RECONNECT_BACKOFF_INITIAL_S
                 _log_pass(result, elapsed_s=time.monotonic() - started)
                 if time.monotonic() >= next_sweep:
+                    now = datetime.now(UTC)
+                    cache.prune(now=now)
                     with conn.transaction():
-                        swept, resolved = live.sweep(conn, rules, now=datetime.now(UTC))
+                        swept, resolved = live.sweep(conn, rules, now=now, cache=cache)
                     if swept.opened or swept.updated or resolved:
                         log.info(
                             "sweep: %d flag(s) opened, %d updated, %d resolved back in range",

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pandas as pd
 import psycopg
 import pytest
 
@@ -138,3 +139,35 @@ def test_the_sweep_flags_a_silence_once_and_a_new_reading_resolves_it(
     [silence] = [f for f in flags(worker_db) if f["rule_id"] == "no-readings-48h"]
     assert (silence["status"], silence["resolved_by"]) == ("resolved", "rules")
     assert result.resolved == 1
+
+
+def test_the_history_cache_gives_what_the_database_gives(worker_db: psycopg.Connection) -> None:
+    rules = load_rules()
+    cache = live.HistoryCache(live.lookback(rules))
+    store(worker_db, "a", (SYSTOLIC, 150, 100), (SYSTOLIC, 186, 50), (PULSE, 80, 50))
+    store(worker_db, "b", (SPO2, 95, 90), (SPO2, 91, 10))
+
+    def both(since_hours: float) -> None:
+        for patients in (["a"], ["a", "b"]):
+            kwargs = {
+                "patient_ids": patients,
+                "since": NOW - timedelta(hours=since_hours),
+                "now": NOW,
+            }
+            cached = live.evaluate_patients(worker_db, rules, cache=cache, **kwargs)
+            direct = live.evaluate_patients(worker_db, rules, **kwargs)
+            for got, expected in zip(cached, direct, strict=True):
+                pd.testing.assert_frame_equal(got, expected)
+
+    both(1)
+    first_pass = len(cache)
+    assert first_pass > 0
+    # New readings reach the cache through the pass that reads them, not from the database.
+    before = run_once(worker_db, rules).upper
+    store(worker_db, "a", (SYSTOLIC, 190, 0.5))
+    cache.add(live.new_readings(worker_db, lower=before, upper=2**62))
+    assert len(cache) == first_pass + 1
+    both(1)
+    # A reading replayed from 40 days ago: further back than the cache covers, read again.
+    store(worker_db, "b", (SPO2, 89, 24 * 40))
+    both(24 * 40)
