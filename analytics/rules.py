@@ -12,6 +12,7 @@ condition it met.
 
 from __future__ import annotations
 
+import copy
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -182,6 +183,9 @@ class RuleSet:
     escalate_after: Mapping[str, timedelta] = field(
         default_factory=lambda: dict(DEFAULT_ESCALATE_AFTER)
     )
+    #: The rules file's tables this set was built from (program and patient overrides apply
+    #: to it: :mod:`analytics.threshold_sets`).
+    definition: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def thresholds(self) -> tuple[ThresholdRule, ...]:
@@ -317,6 +321,7 @@ def rules_from_mapping(data: Mapping[str, Any], *, source: str = "<rules>") -> R
         resolve_after=resolve_after,
         late_after=late_after,
         escalate_after=escalate_after,
+        definition=copy.deepcopy(dict(data)),
     )
 
 

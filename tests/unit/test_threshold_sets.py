@@ -1,0 +1,116 @@
+"""Threshold sets: defaults, then program, then patient overrides, validated like a rules file;
+locks; one rule set per distinct combination."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from analytics.rules import RuleSet, ThresholdRule, load_rules
+from analytics.threshold_sets import (
+    ThresholdSetError,
+    ThresholdVersion,
+    effective_rules,
+    locked_paths_touched,
+    rules_by_patient,
+)
+
+NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def defaults() -> RuleSet:
+    return load_rules()
+
+
+def version(
+    scope: str, scope_id: str, overrides: dict[str, Any], *, vid: int = 1, locked: tuple = ()
+) -> ThresholdVersion:
+    return ThresholdVersion(
+        version_id=vid,
+        scope=scope,  # type: ignore[arg-type]
+        scope_id=scope_id,
+        overrides=overrides,
+        reason="test",
+        author="lead",
+        created_at=NOW,
+        locked=frozenset(locked),
+    )
+
+
+def crisis_limit(rules: RuleSet) -> float:
+    rule = rules.rule("hypertensive-crisis")
+    assert isinstance(rule, ThresholdRule)
+    return rule.conditions[0].limit
+
+
+def test_patient_overrides_apply_over_the_programs_over_the_defaults(defaults: RuleSet) -> None:
+    program = version("program", "hypertension", {"hypertensive-crisis": {"when.0.above": 175}})
+    patient = version("patient", "pt-1", {"hypertensive-crisis": {"when.0.above": 170}}, vid=7)
+    assert crisis_limit(defaults) == 180
+    assert crisis_limit(effective_rules(defaults, program=program)) == 175
+    both = effective_rules(defaults, program=program, patient=patient)
+    assert crisis_limit(both) == 170
+    assert both.version == f"{defaults.version}+program:hypertension@1+patient:pt-1@7"
+    assert crisis_limit(defaults) == 180  # the defaults are left alone
+
+
+def test_a_rule_can_be_switched_off_and_other_kinds_tuned(defaults: RuleSet) -> None:
+    tuned = effective_rules(
+        defaults,
+        program=version(
+            "program",
+            "heart_failure",
+            {"no-readings-48h": {"enabled": False}, "weight-gain-24h": {"by_at_least": 1.2}},
+        ),
+    )
+    ids = {rule.id for rule in tuned.rules}
+    assert "no-readings-48h" not in ids and len(ids) == len(defaults.rules) - 1
+    assert tuned.rule("weight-gain-24h").by_at_least == 1.2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"no-such-rule": {"hysteresis": 1}}, "no rule 'no-such-rule'"),
+        ({"hypertensive-crisis": {"when.9.above": 1}}, "'9' is not an index of a list of 2"),
+        ({"hypertensive-crisis": {"when.0.severity": "urgent"}}, "unknown severity 'urgent'"),
+        ({"hypertensive-crisis": {"when.0.above": "high"}}, "must be a finite number"),
+        ({"weight-gain-24h": {"by_at_least": -1}}, "must be > 0"),
+        ({"hypertensive-crisis": {"enabled": "no"}}, "enabled must be true or false"),
+    ],
+)
+def test_a_bad_override_is_refused_with_the_reason(
+    defaults: RuleSet, overrides: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ThresholdSetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        effective_rules(defaults, patient=version("patient", "pt-1", overrides))
+
+
+def test_a_locked_program_value_cannot_be_changed_for_one_patient() -> None:
+    program = version("program", "copd", {}, locked=("spo2-below-target-scale-2.when.0.below",))
+    assert locked_paths_touched(program, {"spo2-below-target-scale-2": {"when.0.below": 85}}) == [
+        "spo2-below-target-scale-2.when.0.below"
+    ]
+    assert locked_paths_touched(program, {"spo2-below-target-scale-2": {"enabled": False}}) == [
+        "spo2-below-target-scale-2.when.0.below"
+    ]
+    assert locked_paths_touched(program, {"spo2-below-target-scale-2": {"when.1.below": 80}}) == []
+    assert locked_paths_touched(None, {"x": {"y": 1}}) == []
+
+
+def test_patients_with_the_same_versions_share_one_rule_set(defaults: RuleSet) -> None:
+    programs = {"copd": version("program", "copd", {"spo2-below-baseline": {"k": 2.5}}, vid=3)}
+    overrides = {"p3": version("patient", "p3", {"fever": {"when.0.above": 38.5}}, vid=9)}
+    by_patient = rules_by_patient(
+        defaults,
+        {"p1": "copd", "p2": "copd", "p3": "copd", "p4": "general"},
+        programs=programs,
+        overrides=overrides,
+    )
+    assert by_patient["p1"] is by_patient["p2"]
+    assert by_patient["p3"] is not by_patient["p1"]
+    assert by_patient["p4"] is defaults
+    assert by_patient["p3"].version.endswith("+program:copd@3+patient:p3@9")
