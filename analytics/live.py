@@ -32,6 +32,7 @@ from analytics.flag_store import FlagChanges, apply_breaches
 from analytics.rule_kinds import AdherenceRule, BaselineRule, News2Rule, SustainedRule, TrendRule
 from analytics.rules import RuleSet
 from analytics.signals import BREACH, evaluate
+from analytics.threshold_store import rules_for_patients
 
 #: The namespace of the reading ids given to breaches no reading carries (a silence).
 SILENCE_NAMESPACE: Final = uuid.UUID("9f7c0a52-6c1e-4d3e-9d0b-2b8f3f1a7c11")
@@ -72,8 +73,11 @@ HISTORY_COLUMNS: Final = (
     "measured_at",
     "received_at",
 )
+#: Readings of registered patients only (ingest stores no other; a stray row must not wedge
+#: the worker on the flags' foreign key).
 _HISTORY_SELECT: Final = (
-    "SELECT reading_id::text, patient_id, loinc, value, measured_at, ingested_at FROM readings"
+    "SELECT reading_id::text, patient_id, loinc, value, measured_at, ingested_at"
+    " FROM readings JOIN patients USING (patient_id)"
 )
 
 
@@ -232,8 +236,29 @@ def evaluate_patients(
         readings, patients = cache.history(conn, patient_ids=patient_ids, since=start, now=now)
     else:
         readings, patients = load_history(conn, patient_ids=patient_ids, since=start)
-    signals = evaluate(readings, rules, patients=patients, now=now)
-    return signals, episodes(signals, rules, now=now)
+    signal_parts, flag_parts = [], []
+    offset = 0  # group numbers stay distinct across the rule sets
+    for group_rules, members in rule_groups(conn, rules, patient_ids):
+        mine = readings.loc[readings["patient_id"].isin(members)]
+        signals = evaluate(mine, group_rules, patients=patients, now=now)
+        signal_parts.append(signals.assign(group=signals["group"] + offset))
+        offset += int(signals["group"].max()) + 1 if not signals.empty else 0
+        flag_parts.append(episodes(signals, group_rules, now=now))
+    signals = pd.concat(signal_parts, ignore_index=True)
+    signals.attrs["now"] = pd.Timestamp(now)
+    return signals, pd.concat(flag_parts, ignore_index=True)
+
+
+def rule_groups(
+    conn: psycopg.Connection[Any], defaults: RuleSet, patient_ids: list[str]
+) -> list[tuple[RuleSet, list[str]]]:
+    """The patients grouped by the rules in force for them (program, patient overrides)."""
+    by_patient = rules_for_patients(conn, defaults, patient_ids)
+    groups: dict[int, tuple[RuleSet, list[str]]] = {}
+    for patient_id in patient_ids:
+        rules = by_patient[patient_id]
+        groups.setdefault(id(rules), (rules, []))[1].append(patient_id)
+    return list(groups.values())
 
 
 def apply_new_readings(
@@ -248,8 +273,26 @@ def apply_new_readings(
     """Apply the breaches of the new readings and the engine's resolutions; the flag changes
     and the number of flags the rules resolved."""
     chosen = signals.loc[signals["reading_id"].isin(new_reading_ids)]
-    changes = apply_breaches(conn, as_breaches(chosen, rules), rules)
-    return changes, resolve_back_in_range(conn, flags, now=now)
+    return _apply_by_rules(conn, rules, chosen), resolve_back_in_range(conn, flags, now=now)
+
+
+def _apply_by_rules(
+    conn: psycopg.Connection[Any], rules: RuleSet, breaching: pd.DataFrame
+) -> FlagChanges:
+    """Apply breaches under the rules in force for each patient: each flag records the
+    version of the rules that raised it."""
+    total = FlagChanges()
+    patient_ids = sorted(set(breaching["patient_id"]))
+    if not patient_ids:
+        return total
+    for group_rules, members in rule_groups(conn, rules, patient_ids):
+        mine = breaching.loc[breaching["patient_id"].isin(members)]
+        changes = apply_breaches(conn, as_breaches(mine, group_rules), group_rules)
+        total.opened += changes.opened
+        total.updated += changes.updated
+        total.severity_raised += changes.severity_raised
+        total.readings_linked += changes.readings_linked
+    return total
 
 
 def resolve_back_in_range(
@@ -319,5 +362,4 @@ def sweep(
         conn, rules, patient_ids=patient_ids, since=now, now=now, cache=cache
     )
     unread = signals.loc[signals["reading_id"].isna()]
-    changes = apply_breaches(conn, as_breaches(unread, rules), rules)
-    return changes, resolve_back_in_range(conn, flags, now=now)
+    return _apply_by_rules(conn, rules, unread), resolve_back_in_range(conn, flags, now=now)

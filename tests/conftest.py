@@ -92,7 +92,7 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url) as conn:
         conn.execute(
             "TRUNCATE readings, reading_ids, quarantine, flag_events, flag_readings,"
-            " flag_escalations, flag_snoozes, flags,"
+            " flag_escalations, flag_snoozes, flags, threshold_versions,"
             " rules_watermark, devices, gateway_patients, gateways, patients, follow_up_requests,"
             " inbox_receipts"
         )

@@ -16,7 +16,16 @@ from fastapi import FastAPI
 
 from analytics.rules import load_rules
 from ingest import db
-from ingest.api.routes import flags, follow_ups, health, operations, patients, rules, snoozes
+from ingest.api.routes import (
+    flags,
+    follow_ups,
+    health,
+    operations,
+    patients,
+    rules,
+    snoozes,
+    thresholds,
+)
 from ingest.consumer import ReadingConsumer
 from ingest.counters import IngestCounters
 from ingest.settings import IngestSettings, get_settings
@@ -67,4 +76,5 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(rules.router)
     app.include_router(snoozes.router)
+    app.include_router(thresholds.router)
     return app

@@ -1,0 +1,145 @@
+"""Threshold versions in PostgreSQL: save a program's or a patient's overrides, read what is
+in force. Thin shell over :mod:`analytics.threshold_sets`; never commits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from analytics.rules import PROGRAMS, RuleSet
+from analytics.threshold_sets import (
+    ThresholdSetError,
+    ThresholdVersion,
+    effective_rules,
+    locked_paths_touched,
+    rules_by_patient,
+)
+
+
+class LockedValueError(ThresholdSetError):
+    """A patient override touches values the program's lead locked."""
+
+
+def _version(row: Mapping[str, Any]) -> ThresholdVersion:
+    return ThresholdVersion(
+        version_id=row["version_id"],
+        scope=row["scope"],
+        scope_id=row["scope_id"],
+        overrides=row["overrides"],
+        reason=row["reason"],
+        author=row["author"],
+        created_at=row["created_at"],
+        locked=frozenset(row["locked"]),
+    )
+
+
+def current_versions(
+    conn: psycopg.Connection[Any], *, scope: str, scope_ids: list[str] | None = None
+) -> dict[str, ThresholdVersion]:
+    """The version in force for each program (or patient; of ``scope_ids`` when given)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT DISTINCT ON (scope_id) * FROM threshold_versions WHERE scope = %s"
+            " AND (%s::text[] IS NULL OR scope_id = ANY(%s::text[]))"
+            " ORDER BY scope_id, version_id DESC",
+            (scope, scope_ids, scope_ids),
+        ).fetchall()
+    return {row["scope_id"]: _version(row) for row in rows}
+
+
+def history(conn: psycopg.Connection[Any], *, scope: str, scope_id: str) -> list[ThresholdVersion]:
+    """Every version of one program's or patient's overrides, newest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT * FROM threshold_versions WHERE scope = %s AND scope_id = %s"
+            " ORDER BY version_id DESC",
+            (scope, scope_id),
+        ).fetchall()
+    return [_version(row) for row in rows]
+
+
+def save_version(
+    conn: psycopg.Connection[Any],
+    defaults: RuleSet,
+    *,
+    scope: str,
+    scope_id: str,
+    overrides: Mapping[str, Mapping[str, Any]],
+    reason: str,
+    author: str,
+    locked: frozenset[str] = frozenset(),
+) -> ThresholdVersion:
+    """Validate and store a new version; it is in force once committed.
+
+    Refused (:class:`ThresholdSetError`) when the result is not a valid rule set, when a
+    patient override touches a value the program locked (:class:`LockedValueError`), or when
+    a lock names no value of the rules.
+    """
+    if scope == "program" and scope_id not in PROGRAMS:
+        raise ThresholdSetError(f"unknown program {scope_id!r} ({', '.join(PROGRAMS)})")
+    if scope == "patient" and locked:
+        raise ThresholdSetError("locks belong to programs")
+    if not reason.strip():
+        raise ThresholdSetError("say why the thresholds change")
+    program_version = None
+    if scope == "patient":
+        row = conn.execute(
+            "SELECT program FROM patients WHERE patient_id = %s", (scope_id,)
+        ).fetchone()
+        if row is None:
+            raise ThresholdSetError(f"no patient {scope_id!r}")
+        program_version = current_versions(conn, scope="program").get(row[0])
+        touched = locked_paths_touched(program_version, overrides)
+        if touched:
+            raise LockedValueError(f"locked by the program's lead: {', '.join(touched)}")
+    draft = ThresholdVersion(
+        version_id=0,
+        scope=scope,  # type: ignore[arg-type]
+        scope_id=scope_id,
+        overrides=overrides,
+        reason=reason,
+        author=author,
+        created_at=_now(conn),
+        locked=locked,
+    )
+    effective_rules(
+        defaults,
+        program=program_version if scope == "patient" else draft,
+        patient=draft if scope == "patient" else None,
+    )  # raises ThresholdSetError when the result is not a valid rule set
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "INSERT INTO threshold_versions (scope, scope_id, overrides, locked, reason, author)"
+            " VALUES (%s, %s, %s::jsonb, %s, %s, %s) RETURNING *",
+            (scope, scope_id, json.dumps(overrides), sorted(locked), reason.strip(), author),
+        ).fetchone()
+    assert row is not None
+    return _version(row)
+
+
+def rules_for_patients(
+    conn: psycopg.Connection[Any], defaults: RuleSet, patient_ids: list[str]
+) -> dict[str, RuleSet]:
+    """Each patient's rules in force (defaults, program, patient)."""
+    programs = dict(
+        conn.execute(
+            "SELECT patient_id, program FROM patients WHERE patient_id = ANY(%s::text[])",
+            (patient_ids,),
+        ).fetchall()
+    )
+    return rules_by_patient(
+        defaults,
+        {patient_id: programs.get(patient_id, "general") for patient_id in patient_ids},
+        programs=current_versions(conn, scope="program"),
+        overrides=current_versions(conn, scope="patient", scope_ids=patient_ids),
+    )
+
+
+def _now(conn: psycopg.Connection[Any]) -> Any:
+    row = conn.execute("SELECT now()").fetchone()
+    assert row is not None
+    return row[0]
