@@ -258,6 +258,10 @@ def describe_kind_rule(rule: KindRule) -> tuple[str, str, str, str]:
         metric = _metric_name(rule.metric) if rule.metric else "any reading"
         if rule.check == "silent":
             text = f"none for {rule.hours:g} h"
+        elif rule.check == "device_silent":
+            metric, text = "a device", f"none for {rule.hours:g} h, gateway online"
+        elif rule.check == "gateway_offline":
+            metric, text = "the gateway", f"offline for {rule.hours:g} h"
         else:
             text = f"< {rule.min_days} of {rule.of_days} days with readings"
         return metric, text, rule.severity, rule.label

@@ -53,9 +53,9 @@ def lookback(rules: RuleSet) -> timedelta:
             spans.append(timedelta(days=rule.window_days + 1))
         elif isinstance(rule, AdherenceRule):
             spans.append(
-                timedelta(hours=rule.hours)
-                if rule.check == "silent"
-                else timedelta(days=rule.of_days + 1)
+                timedelta(days=rule.of_days + 1)
+                if rule.check == "days_with_readings"
+                else timedelta(hours=rule.hours)
             )
         elif isinstance(rule, SustainedRule):
             spans.append(timedelta(minutes=rule.minutes) if rule.minutes else SUSTAINED_HISTORY)
@@ -345,6 +345,99 @@ def monitored_patients(conn: psycopg.Connection[Any], *, now: datetime) -> list[
     return sorted(patient_id for (patient_id,) in rows)
 
 
+#: A gateway counts as online when its last message came this recently.
+GATEWAY_ONLINE_WITHIN: Final = timedelta(minutes=15)
+
+
+def equipment_breaches(
+    conn: psycopg.Connection[Any], rules: RuleSet, *, now: datetime
+) -> pd.DataFrame:
+    """Breaches of the ``device_silent`` and ``gateway_offline`` rules at ``now``, from the
+    devices' last readings and the gateways' state, in the flag store's breach columns. A
+    device silent behind an online gateway is told apart from a home whose gateway is off."""
+    rows: list[dict[str, Any]] = []
+    for rule in rules.rules:
+        if not isinstance(rule, AdherenceRule) or rule.check not in (
+            "device_silent",
+            "gateway_offline",
+        ):
+            continue
+        limit = timedelta(hours=rule.hours)
+        if rule.check == "device_silent":
+            found = conn.execute(
+                "SELECT d.patient_id, d.device_type, d.last_reading_at, d.device_id"
+                " FROM devices d JOIN gateways g USING (gateway_id)"
+                " WHERE d.last_reading_at < %(cut)s AND g.state = 'online'"
+                " AND g.last_seen_at >= %(online)s ORDER BY d.patient_id, d.last_reading_at",
+                {"cut": now - limit, "online": now - GATEWAY_ONLINE_WITHIN},
+            ).fetchall()
+            what = "device"
+        else:
+            found = conn.execute(
+                "SELECT gp.patient_id, 'gateway', coalesce(g.last_seen_at, g.created_at),"
+                " g.gateway_id FROM gateways g JOIN gateway_patients gp USING (gateway_id)"
+                " WHERE coalesce(g.last_seen_at, g.created_at) < %(cut)s"
+                " ORDER BY gp.patient_id",
+                {"cut": now - limit},
+            ).fetchall()
+            what = "gateway"
+        for patient_id, kind_of, last_at, equipment in found:
+            at = last_at + limit
+            rows.append(
+                {
+                    "reading_id": str(
+                        uuid.uuid5(SILENCE_NAMESPACE, f"{patient_id}/{rule.id}/{equipment}/{at}")
+                    ),
+                    "patient_id": patient_id,
+                    "rule_id": rule.id,
+                    "kind": rule.kind,
+                    "direction": None,
+                    "loinc": kind_of if what == "device" else "gateway",
+                    "value": (now - last_at) / timedelta(hours=1),
+                    "measured_at": at,
+                    "severity": rule.severity,
+                    "limit": rule.hours,
+                    "label": f"{rule.label} ({kind_of})" if what == "device" else rule.label,
+                    "title": rule.title,
+                    "late": False,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "reading_id", "patient_id", "rule_id", "kind", "direction", "loinc", "value",
+            "measured_at", "severity", "limit", "label", "title", "late",
+        ],
+    )  # fmt: skip
+
+
+def resolve_equipment_back(
+    conn: psycopg.Connection[Any], rules: RuleSet, breaches: pd.DataFrame
+) -> int:
+    """Resolve the open device and gateway flags of patients no longer affected."""
+    rule_ids = [
+        rule.id
+        for rule in rules.rules
+        if isinstance(rule, AdherenceRule) and rule.check in ("device_silent", "gateway_offline")
+    ]
+    if not rule_ids:
+        return 0
+    still = [f"{p}/{r}" for p, r in zip(breaches["patient_id"], breaches["rule_id"], strict=True)]
+    rows = conn.execute(
+        "WITH resolved AS ("
+        " UPDATE flags SET status = 'resolved', resolved_at = now(), resolved_by = 'rules',"
+        " resolution_note = 'reporting again'"
+        " WHERE status <> 'resolved' AND rule_id = ANY(%s::text[])"
+        " AND NOT (patient_id || '/' || rule_id = ANY(%s::text[]))"
+        " RETURNING flag_id)"
+        " INSERT INTO flag_events (flag_id, event, actor, detail)"
+        " SELECT flag_id, 'resolved', 'rules', '{\"reason\": \"reporting again\"}'::jsonb"
+        " FROM resolved RETURNING flag_id",
+        (rule_ids, still),
+    ).fetchall()
+    return len(rows)
+
+
 def sweep(
     conn: psycopg.Connection[Any],
     rules: RuleSet,
@@ -353,8 +446,8 @@ def sweep(
     cache: HistoryCache | None = None,
 ) -> tuple[FlagChanges, int]:
     """The time-driven part, for every monitored patient: breaches no reading carries
-    (silence, too few days; applying one again changes nothing) and resolutions whose wait
-    ended."""
+    (silence, too few days, a silent device, a gateway offline; applying one again changes
+    nothing) and resolutions whose wait ended or whose equipment reports again."""
     patient_ids = monitored_patients(conn, now=now)
     if not patient_ids:
         return FlagChanges(), 0
@@ -362,4 +455,11 @@ def sweep(
         conn, rules, patient_ids=patient_ids, since=now, now=now, cache=cache
     )
     unread = signals.loc[signals["reading_id"].isna()]
-    return _apply_by_rules(conn, rules, unread), resolve_back_in_range(conn, flags, now=now)
+    changes = _apply_by_rules(conn, rules, unread)
+    equipment = equipment_breaches(conn, rules, now=now)
+    if not equipment.empty:
+        more = apply_breaches(conn, equipment, rules)
+        changes.opened += more.opened
+        changes.updated += more.updated
+    resolved = resolve_back_in_range(conn, flags, now=now)
+    return changes, resolved + resolve_equipment_back(conn, rules, equipment)

@@ -27,7 +27,7 @@ from carewatch_contract.metrics import METRICS
 
 Direction = Literal["high", "low"]
 TrendStatistic = Literal["rise_from_lowest", "weekly_mean"]
-AdherenceCheck = Literal["silent", "days_with_readings"]
+AdherenceCheck = Literal["silent", "days_with_readings", "device_silent", "gateway_offline"]
 
 SEVERITY_NAMES: Final = ("critical", "high", "medium", "low", "info")
 #: NEWS2 response bands that can raise a flag, and the severity each raises by default.
@@ -115,7 +115,11 @@ class BaselineRule:
 class AdherenceRule:
     """``silent``: no reading of ``metric`` (or of any metric when None) for ``hours``.
     ``days_with_readings``: fewer than ``min_days`` days with a reading in the last
-    ``of_days`` (evaluated each day once the patient has been measuring that long)."""
+    ``of_days`` (evaluated each day once the patient has been measuring that long).
+    ``device_silent``: one of the patient's devices has sent nothing for ``hours`` while its
+    gateway is online (the device, not the home, needs a look). ``gateway_offline``: the
+    patient's gateway has been offline for ``hours``. These two need the gateways' state:
+    the live worker's sweep evaluates them (:mod:`analytics.live`), a CSV backtest cannot."""
 
     id: str
     title: str
@@ -216,12 +220,14 @@ def parse_kind_rule(
             {"metric", "window_days", "k", "min_days", "min_deviation", "severity", "label"}
         )
     elif kind == "adherence":
-        check = fields.choice("check", ("silent", "days_with_readings"))
+        check = fields.choice(
+            "check", ("silent", "days_with_readings", "device_silent", "gateway_offline")
+        )
         metric = fields.metric() if "metric" in raw else None
-        if check == "silent":
+        if check != "days_with_readings":
             rule = AdherenceRule(
                 **common,
-                check="silent",
+                check=check,  # type: ignore[arg-type]
                 metric=metric,
                 hours=fields.number("hours", minimum=1),
                 severity=fields.severity(),

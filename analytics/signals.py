@@ -690,7 +690,9 @@ def _adherence(
         return None
     if rule.check == "silent":
         return _silence(rule, data, rows, end)
-    return _days_with_readings(rule, data, rows, end)
+    if rule.check == "days_with_readings":
+        return _days_with_readings(rule, data, rows, end)
+    return None  # device and gateway state: the live sweep's (analytics.live)
 
 
 def _silence(rule: AdherenceRule, data: Readings, rows: np.ndarray, end: int) -> _Columns:

@@ -410,7 +410,9 @@ def adherence_signals(rule: AdherenceRule, stream: Stream, now: datetime) -> lis
     """The patient's readings of ``metric`` (of every metric when the rule names none)."""
     if rule.check == "silent":
         return _silences(rule, stream.of(rule.metric), now)
-    return _days_with_readings(rule, stream.of(rule.metric), now)
+    if rule.check == "days_with_readings":
+        return _days_with_readings(rule, stream.of(rule.metric), now)
+    return []  # devices and gateways: not in the readings
 
 
 def _silences(rule: AdherenceRule, readings: list[Reading], now: datetime) -> list[Signal]:

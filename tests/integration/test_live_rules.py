@@ -171,3 +171,39 @@ def test_the_history_cache_gives_what_the_database_gives(worker_db: psycopg.Conn
     # A reading replayed from 40 days ago: further back than the cache covers, read again.
     store(worker_db, "b", (SPO2, 89, 24 * 40))
     both(24 * 40)
+
+
+def test_a_silent_device_behind_an_online_gateway_is_told_apart_from_a_gateway_offline(
+    worker_db: psycopg.Connection,
+) -> None:
+    store(worker_db, "home-on", (PULSE, 70, 1))
+    enroll(worker_db, gateway_id="gw-off", patients=[PatientRecord("home-off", "Home Off")])
+    worker_db.execute(
+        "UPDATE gateways SET state = 'online', last_seen_at = %s WHERE gateway_id = 'gw-live'",
+        (NOW - timedelta(minutes=2),),
+    )
+    worker_db.execute(
+        "UPDATE gateways SET state = 'offline', last_seen_at = %s WHERE gateway_id = 'gw-off'",
+        (NOW - timedelta(hours=13),),
+    )
+    worker_db.execute(
+        "INSERT INTO devices (gateway_id, device_id, device_type, patient_id, last_reading_at)"
+        " VALUES ('gw-live', 'scale-1', 'weight_scale', 'home-on', %s),"
+        " ('gw-off', 'cuff-9', 'blood_pressure', 'home-off', %s)",
+        (NOW - timedelta(hours=49), NOW - timedelta(hours=13)),
+    )
+    with worker_db.transaction():
+        live.sweep(worker_db, load_rules(), now=NOW)
+    raised = {(f["patient_id"], f["rule_id"]): f for f in flags(worker_db)}
+    assert set(raised) == {("home-on", "device-silent"), ("home-off", "gateway-offline")}
+    assert "weight_scale" in raised[("home-on", "device-silent")]["threshold"]["label"]
+    # The scale reports again and the gateway comes back: both resolve, once.
+    worker_db.execute("UPDATE devices SET last_reading_at = %s WHERE device_id = 'scale-1'", (NOW,))
+    worker_db.execute(
+        "UPDATE gateways SET state = 'online', last_seen_at = %s WHERE gateway_id = 'gw-off'",
+        (NOW,),
+    )
+    with worker_db.transaction():
+        _, resolved = live.sweep(worker_db, load_rules(), now=NOW)
+    assert resolved == 2
+    assert {f["status"] for f in flags(worker_db) if f["kind"] == "adherence"} == {"resolved"}
