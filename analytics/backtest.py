@@ -13,7 +13,7 @@ metric's canonical UCUM unit, time ISO 8601 with an offset); optional ``reading_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -216,18 +216,57 @@ class Comparison:
         }
 
 
+RulesInForce = RuleSet | Mapping[str, RuleSet]
+
+
+def run_backtest_by_patient(
+    readings: pd.DataFrame,
+    rules: RulesInForce,
+    *,
+    patients: pd.DataFrame | None = None,
+    now: datetime | pd.Timestamp | None = None,
+) -> BacktestResult:
+    """:func:`run_backtest` where each patient may have rules of their own (a mapping from
+    patient id to rules: program and patient overrides); patients sharing a rule set are
+    evaluated together."""
+    if isinstance(rules, RuleSet):
+        return run_backtest(readings, rules, patients=patients, now=now)
+    if readings.empty:
+        return BacktestResult(empty_flags(), 0.0, 0, 0)
+    end = pd.Timestamp(now) if now is not None else readings["measured_at"].max()
+    groups: dict[int, tuple[RuleSet, list[str]]] = {}
+    for patient_id in pd.unique(readings["patient_id"].astype(str)):
+        rule_set = rules[patient_id]
+        groups.setdefault(id(rule_set), (rule_set, []))[1].append(patient_id)
+    parts = [
+        run_backtest(
+            readings.loc[readings["patient_id"].astype(str).isin(members)],
+            rule_set,
+            patients=patients,
+            now=end,
+        ).flags
+        for rule_set, members in groups.values()
+    ]
+    flags = pd.concat(parts, ignore_index=True).sort_values(
+        ["opened_at", "patient_id", "rule_id"], kind="stable"
+    )
+    flags = flags.reset_index(drop=True)
+    rate = alerts_per_patient_week(flags, readings, now=end)
+    return BacktestResult(flags, rate, readings["patient_id"].nunique(), len(readings))
+
+
 def compare(
     readings: pd.DataFrame,
-    current: RuleSet,
-    proposed: RuleSet,
+    current: RulesInForce,
+    proposed: RulesInForce,
     *,
     patients: pd.DataFrame | None = None,
     now: datetime | pd.Timestamp | None = None,
 ) -> Comparison:
     """How a proposed rule set would change the alerts over ``readings`` (the tuning page's
-    preview: the last 30 or 90 days)."""
-    before = run_backtest(readings, current, patients=patients, now=now)
-    after = run_backtest(readings, proposed, patients=patients, now=now)
+    preview: the last 30 or 90 days). Either side may give each patient rules of their own."""
+    before = run_backtest_by_patient(readings, current, patients=patients, now=now)
+    after = run_backtest_by_patient(readings, proposed, patients=patients, now=now)
     counts_before = _alerts_by_patient(before.flags)
     counts_after = _alerts_by_patient(after.flags)
     everyone = sorted(set(counts_before.index) | set(counts_after.index))
@@ -242,15 +281,20 @@ def compare(
 
 
 def history_from_database(
-    conn: Any, *, since: datetime, until: datetime | None = None
+    conn: Any,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    patient_ids: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Readings measured in ``[since, until)`` and the patients they belong to, as the
-    backtest takes them (``conn``: a psycopg connection)."""
+    """Readings measured in ``[since, until)`` (of ``patient_ids`` when given) and the
+    patients they belong to, as the backtest takes them (``conn``: a psycopg connection)."""
     with conn.cursor() as cur:
         cur.execute(
             "SELECT reading_id::text, patient_id, loinc, value, measured_at FROM readings"
-            " WHERE measured_at >= %s AND (%s::timestamptz IS NULL OR measured_at < %s)",
-            (since, until, until),
+            " WHERE measured_at >= %s AND (%s::timestamptz IS NULL OR measured_at < %s)"
+            " AND (%s::text[] IS NULL OR patient_id = ANY(%s::text[]))",
+            (since, until, until, patient_ids, patient_ids),
         )
         rows = cur.fetchall()
         cur.execute("SELECT patient_id, program, spo2_scale FROM patients")

@@ -139,6 +139,57 @@ def rules_for_patients(
     )
 
 
+def proposed_rules_for_patients(
+    conn: psycopg.Connection[Any],
+    defaults: RuleSet,
+    patient_ids: list[str],
+    *,
+    scope: str,
+    scope_id: str,
+    overrides: Mapping[str, Mapping[str, Any]],
+) -> dict[str, RuleSet]:
+    """Each patient's rules if a new version of ``scope``/``scope_id`` with ``overrides``
+    were saved (the tuning preview). Raises :class:`ThresholdSetError` like saving would."""
+    programs = dict(
+        conn.execute(
+            "SELECT patient_id, program FROM patients WHERE patient_id = ANY(%s::text[])",
+            (patient_ids,),
+        ).fetchall()
+    )
+    program_versions = current_versions(conn, scope="program")
+    patient_versions = current_versions(conn, scope="patient", scope_ids=patient_ids)
+    draft = ThresholdVersion(
+        version_id=0,
+        scope=scope,  # type: ignore[arg-type]
+        scope_id=scope_id,
+        overrides=overrides,
+        reason="preview",
+        author="preview",
+        created_at=_now(conn),
+    )
+    if scope == "program":
+        program_versions[scope_id] = draft
+    else:
+        patient_versions[scope_id] = draft
+    return rules_by_patient(
+        defaults,
+        {patient_id: programs.get(patient_id, "general") for patient_id in patient_ids},
+        programs=program_versions,
+        overrides=patient_versions,
+    )
+
+
+def patients_in_scope(conn: psycopg.Connection[Any], *, scope: str, scope_id: str) -> list[str]:
+    """The patients a program's (or one patient's) thresholds apply to."""
+    if scope == "patient":
+        found = conn.execute("SELECT 1 FROM patients WHERE patient_id = %s", (scope_id,))
+        return [scope_id] if found.fetchone() else []
+    rows = conn.execute(
+        "SELECT patient_id FROM patients WHERE program = %s ORDER BY patient_id", (scope_id,)
+    ).fetchall()
+    return [patient_id for (patient_id,) in rows]
+
+
 def _now(conn: psycopg.Connection[Any]) -> Any:
     row = conn.execute("SELECT now()").fetchone()
     assert row is not None

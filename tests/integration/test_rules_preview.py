@@ -115,3 +115,27 @@ def test_only_30_or_90_days_and_only_with_a_token(client: httpx.Client) -> None:
     assert (
         client.post("/api/v1/rules/preview", json={"rules_toml": DEFAULT_RULES}).status_code == 401
     )
+
+
+def test_a_program_version_is_previewed_on_that_programs_patients_only(
+    client: httpx.Client, db: psycopg.Connection, high_but_not_crisis: None
+) -> None:
+    db.execute("UPDATE patients SET program = 'hypertension' WHERE patient_id = 'pt-high'")
+    db.commit()
+    proposal = {
+        "scope": "program",
+        "scope_id": "hypertension",
+        "overrides": {"hypertensive-crisis": {"when.0.above": 160}},
+        "days": 30,
+    }
+    preview = client.post("/api/v1/rules/preview", json=proposal).json()
+    assert (preview["patients"], preview["readings"]) == (1, 20)  # pt-fine is not in it
+    assert preview["proposed_version"] == "program:hypertension proposed"
+    assert preview["patients_gaining_alerts"] == ["pt-high"]
+    bad = client.post(
+        "/api/v1/rules/preview",
+        json={**proposal, "overrides": {"hypertensive-crisis": {"when.0.above": "x"}}},
+    )
+    assert bad.status_code == 422 and "finite number" in bad.json()["detail"]
+    neither = client.post("/api/v1/rules/preview", json={"days": 30})
+    assert neither.status_code == 422

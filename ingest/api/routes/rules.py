@@ -1,22 +1,28 @@
-"""The tuning page's preview: how many alerts a proposed rule set would have raised.
+"""The tuning page's preview: how many alerts proposed thresholds would have raised.
 
 ``POST /api/v1/rules/preview`` runs the backtest (:mod:`analytics.backtest`) over the last 30
-or 90 days of stored readings, once with the rules in force and once with the proposal, and
-answers with alerts per patient-week for both and the patients who would gain or lose alerts.
+or 90 days of stored readings, once with the rules in force and once with the proposal (a
+whole rules file, or a new version of one program's or one patient's overrides), and answers
+with alerts per patient-week for both and the patients who would gain or lose alerts.
 Nothing is saved: saving a new threshold version is its own step.
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import pandas as pd
+import psycopg
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from analytics.backtest import compare, history_from_database
-from analytics.rules import RulesConfigError, rules_from_mapping
+from analytics import threshold_store
+from analytics.backtest import RulesInForce, compare, history_from_database
+from analytics.rules import RulesConfigError, RuleSet, rules_from_mapping
+from analytics.threshold_sets import ThresholdSetError
 from ingest.api.deps import CallerDep, ConnDep, audited
 
 router = APIRouter(prefix="/api/v1/rules", tags=["rules"])
@@ -26,29 +32,77 @@ MAX_RULES_BYTES = 256 * 1024
 
 
 class Preview(BaseModel):
-    """A proposed rule set, in the rules file's TOML, and the period to try it on."""
+    """A proposal, and the period to try it on: either a whole rules file (``rules_toml``) or
+    a new version of one program's or one patient's overrides (``scope``, ``scope_id``,
+    ``overrides``, as ``POST /api/v1/thresholds/...`` would save it)."""
 
-    rules_toml: Annotated[str, Field(max_length=MAX_RULES_BYTES)]
+    rules_toml: Annotated[str | None, Field(max_length=MAX_RULES_BYTES)] = None
+    scope: Literal["program", "patient"] | None = None
+    scope_id: Annotated[str | None, Field(max_length=64)] = None
+    overrides: dict[str, dict[str, Any]] | None = None
     days: Literal[30, 90] = 30
+
+    @model_validator(mode="after")
+    def _one_kind_of_proposal(self) -> Preview:
+        whole = self.rules_toml is not None
+        scoped = self.scope is not None and self.scope_id is not None and self.overrides is not None
+        if whole == scoped:
+            raise ValueError("give rules_toml, or scope, scope_id and overrides")
+        return self
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """What a preview compares: the rules in force and the proposal, over which readings."""
+
+    current: RulesInForce
+    proposed: RulesInForce
+    readings: pd.DataFrame
+    patients: pd.DataFrame
+    labels: tuple[str, str]
+
+
+def _whole_file(
+    body: Preview, conn: psycopg.Connection, defaults: RuleSet, since: datetime
+) -> _Trial:
+    assert body.rules_toml is not None
+    proposed = rules_from_mapping(tomllib.loads(body.rules_toml), source="proposal")
+    readings, patients = history_from_database(conn, since=since)
+    return _Trial(defaults, proposed, readings, patients, (defaults.version, proposed.version))
+
+
+def _one_scope(
+    body: Preview, conn: psycopg.Connection, defaults: RuleSet, since: datetime
+) -> _Trial:
+    scope, scope_id, overrides = body.scope, body.scope_id, body.overrides
+    assert scope is not None and scope_id is not None and overrides is not None
+    ids = threshold_store.patients_in_scope(conn, scope=scope, scope_id=scope_id)
+    current = threshold_store.rules_for_patients(conn, defaults, ids)
+    proposed = threshold_store.proposed_rules_for_patients(
+        conn, defaults, ids, scope=scope, scope_id=scope_id, overrides=overrides
+    )
+    readings, patients = history_from_database(conn, since=since, patient_ids=ids)
+    name = f"{scope}:{scope_id}"
+    return _Trial(current, proposed, readings, patients, (f"{name} in force", f"{name} proposed"))
 
 
 @router.post("/preview")
 def preview(body: Preview, request: Request, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
     """Alerts per patient-week now and with the proposal over the last ``days`` days."""
-    try:
-        proposed = rules_from_mapping(tomllib.loads(body.rules_toml), source="proposal")
-    except (tomllib.TOMLDecodeError, RulesConfigError) as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    current = request.app.state.rules
     now = datetime.now(UTC)
-    readings, patients = history_from_database(conn, since=now - timedelta(days=body.days))
+    since = now - timedelta(days=body.days)
+    trial = _whole_file if body.rules_toml is not None else _one_scope
+    try:
+        t = trial(body, conn, request.app.state.rules, since)
+    except (tomllib.TOMLDecodeError, RulesConfigError, ThresholdSetError) as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     audited(conn, caller, action="read.rules_preview", resource="readings", outcome="ok")
-    result = compare(readings, current, proposed, patients=patients, now=now)
+    result = compare(t.readings, t.current, t.proposed, patients=t.patients, now=now)
     return {
         "days": body.days,
-        "current_version": current.version,
-        "proposed_version": proposed.version,
-        "readings": len(readings),
-        "patients": int(readings["patient_id"].nunique()),
+        "current_version": t.labels[0],
+        "proposed_version": t.labels[1],
+        "readings": len(t.readings),
+        "patients": int(t.readings["patient_id"].nunique()),
         **result.as_json(),
     }
