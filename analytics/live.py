@@ -271,9 +271,78 @@ def apply_new_readings(
     now: datetime,
 ) -> tuple[FlagChanges, int]:
     """Apply the breaches of the new readings and the engine's resolutions; the flag changes
-    and the number of flags the rules resolved."""
-    chosen = signals.loc[signals["reading_id"].isin(new_reading_ids)]
-    return _apply_by_rules(conn, rules, chosen), resolve_back_in_range(conn, flags, now=now)
+    and the number of flags the rules resolved.
+
+    A pass can hold several episodes of one patient's rule (readings replayed after an
+    outage: 93 %, back to 97 % for a day, then 90 %). They are applied in rounds, episode by
+    episode, each resolved before the next one's breaches arrive, so the flags are the
+    episodes the engine sees instead of one flag folding them together.
+    """
+    chosen = signals.loc[signals["reading_id"].isin(new_reading_ids) & (signals["state"] == BREACH)]
+    total, resolved = FlagChanges(), 0
+    rounds = _episode_rounds(chosen, flags)
+    for number in sorted(set(rounds)):
+        changes = _apply_by_rules(conn, rules, chosen.loc[rounds == number])
+        total.opened += changes.opened
+        total.updated += changes.updated
+        total.severity_raised += changes.severity_raised
+        total.readings_linked += changes.readings_linked
+        resolved += resolve_back_in_range(
+            conn, _episodes_of_round(chosen.loc[rounds == number], flags), now=now
+        )
+    return total, resolved + resolve_back_in_range(conn, flags, now=now)
+
+
+_GROUP: Final = ["patient_id", "rule_id", "_direction"]
+
+
+def _with_episode(breaching: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """Each breach with the opened_at of its episode (the latest one opened at or before)."""
+    left = breaching.assign(
+        _direction=breaching["direction"].fillna("none"), _row=range(len(breaching))
+    )
+    right = flags.assign(_direction=flags["direction"].fillna("none"))
+    right = right.loc[:, [*_GROUP, "opened_at"]].rename(columns={"opened_at": "_episode"})
+    right["_rank"] = right.sort_values("_episode").groupby(_GROUP).cumcount()
+    merged = pd.merge_asof(
+        left.sort_values("at"),
+        right.sort_values("_episode"),
+        left_on="at",
+        right_on="_episode",
+        by=_GROUP,
+        direction="backward",
+    )
+    return merged.sort_values("_row")
+
+
+def _episode_rounds(breaching: pd.DataFrame, flags: pd.DataFrame) -> pd.Series:
+    """For each breach, which round applies it: its episode's position among the episodes
+    this pass touches in its group (0 for the first)."""
+    if breaching.empty or flags.empty:
+        return pd.Series(0, index=breaching.index)
+    merged = _with_episode(breaching, flags)
+    rank = merged["_rank"].fillna(0).astype("int64")
+    first = rank.groupby([merged[c] for c in _GROUP]).transform("min")
+    return pd.Series((rank - first).to_numpy(), index=breaching.index)
+
+
+def _episodes_of_round(breaching: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
+    """The episodes (rows of ``flags``) that these breaches belong to."""
+    if breaching.empty or flags.empty:
+        return flags.iloc[0:0]
+    merged = _with_episode(breaching, flags)
+    keys = set(zip(*(merged[c] for c in [*_GROUP, "_episode"]), strict=True))
+    mask = [
+        (p, r, d, o) in keys
+        for p, r, d, o in zip(
+            flags["patient_id"],
+            flags["rule_id"],
+            flags["direction"].fillna("none"),
+            flags["opened_at"],
+            strict=True,
+        )
+    ]
+    return flags.loc[mask]
 
 
 def _apply_by_rules(

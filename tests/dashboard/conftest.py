@@ -105,9 +105,10 @@ def seeded(db: psycopg.Connection) -> SeededWorkspace:
                 at = now - timedelta(days=day, hours=hour)
                 reading(alice, "bp", Loinc.SYSTOLIC, "mm[Hg]", 138 + day, at)
                 reading(alice, "bp", Loinc.DIASTOLIC, "mm[Hg]", 86 + day % 3, at)
-        reading(
-            bruno, "oximeter", Loinc.SPO2, "%", 96 - day % 2, now - timedelta(days=day, hours=2)
-        )
+        # After the 93 % three days ago he stays at 94 %, inside the rule's hysteresis band
+        # (back in range from 95 %): the flag stays open until the 89 % raises it.
+        spo2 = 94 if day <= 2 else 96 - day % 2
+        reading(bruno, "oximeter", Loinc.SPO2, "%", spo2, now - timedelta(days=day, hours=2))
     crisis_at = now - timedelta(days=2)
     # Systolic first: the flag opens on the systolic reading (ties break on the reading id).
     systolic_id, diastolic_id = sorted(str(uuid.uuid4()) for _ in range(2))

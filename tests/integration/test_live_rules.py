@@ -207,3 +207,18 @@ def test_a_silent_device_behind_an_online_gateway_is_told_apart_from_a_gateway_o
         _, resolved = live.sweep(worker_db, load_rules(), now=NOW)
     assert resolved == 2
     assert {f["status"] for f in flags(worker_db) if f["kind"] == "adherence"} == {"resolved"}
+
+
+def test_episodes_replayed_in_one_pass_become_the_flags_the_engine_sees(
+    worker_db: psycopg.Connection,
+) -> None:
+    # A day offline: 93 %, then back to 97 % and 96 % for a day, then 90 %, all stored at once.
+    store(worker_db, "backlog", (SPO2, 93, 30), (SPO2, 97, 29), (SPO2, 96, 20), (SPO2, 90, 2))
+    run_once(worker_db, load_rules())
+    raised = [f for f in flags(worker_db) if f["rule_id"] == "spo2-below-target"]
+    raised.sort(key=lambda f: f["opened_at"])
+    assert [(f["severity"], f["status"], f["resolved_by"]) for f in raised] == [
+        ("high", "resolved", "rules"),  # back in range 29 h ago, for 4 h: resolved then
+        ("critical", "open", None),
+    ]
+    assert raised[0]["resolved_at"] == NOW - timedelta(hours=25)
