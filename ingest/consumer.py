@@ -238,7 +238,11 @@ def plan_batch(
 
 
 def _plan_status(plan: BatchPlan, d: Delivery, topic_gateway: str, max_payload_bytes: int) -> None:
-    """A gateway's retained status: applied when well-formed and its own, else quarantined."""
+    """A gateway's retained status: applied when well-formed and its own, else quarantined.
+    An empty payload is how MQTT clears a retained message (an unenrolled gateway's): nothing
+    to store, nothing wrong."""
+    if not d.payload:
+        return
 
     def reject(reason: str, detail: str) -> None:
         plan.quarantined.append(
