@@ -620,3 +620,27 @@ def test_readings_held_back_by_an_open_transaction_are_reported(
         assert "1 reading(s) wait for the rules" in caplog.text
         blocker.rollback()
     assert run_once(db, rules).readings == 1  # and nothing was lost
+
+
+def test_a_restarted_worker_links_every_breach_exactly_once(
+    db: psycopg.Connection[Any], database_url: str, rules: RuleSet
+) -> None:
+    """Passes, a worker stopped between them (its history cache lost with it), then a new
+    one: every breaching reading is linked to a flag once, none twice, none missed."""
+    from analytics.live import HistoryCache, lookback
+
+    add_patient(db, "p1")
+    add_readings(db, "p1", [(GLUCOSE, 50, 0), (SPO2, 93, 1), (GLUCOSE, 45, 2)])
+    db.commit()
+    db.autocommit = True
+    first = HistoryCache(lookback(rules))
+    run_once(db, rules, cache=first)
+    add_readings(db, "p1", [(GLUCOSE, 48, 3), (SPO2, 91, 4)])  # stored, then the worker dies
+    del first
+    second = HistoryCache(lookback(rules))  # a new process: nothing in memory
+    run_once(db, rules, cache=second)
+    run_once(db, rules, cache=second)
+    linked = db.execute(
+        "SELECT fr.reading_id, count(*) FROM flag_readings fr GROUP BY fr.reading_id"
+    ).fetchall()
+    assert len(linked) == 5 and {count for _, count in linked} == {1}
