@@ -171,8 +171,7 @@ def plan_batch(
                 quarantine.QuarantineEntry(d.topic, gw, reason, detail, d.payload)
             )
 
-        if len(d.payload) > max_payload_bytes:
-            reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
+        if _too_large(plan, d, topic_gateway, max_payload_bytes):
             continue
         try:
             batch = decode_reading_batch(d.payload)
@@ -237,6 +236,22 @@ def plan_batch(
     return plan
 
 
+def _too_large(plan: BatchPlan, d: Delivery, topic_gateway: str, max_payload_bytes: int) -> bool:
+    """Quarantine a payload over the limit (kept truncated) before anything parses it."""
+    if len(d.payload) <= max_payload_bytes:
+        return False
+    plan.quarantined.append(
+        quarantine.QuarantineEntry(
+            d.topic,
+            topic_gateway,
+            "too_large",
+            f"payload of {len(d.payload)} bytes > {max_payload_bytes}",
+            d.payload,
+        )
+    )
+    return True
+
+
 def _plan_status(plan: BatchPlan, d: Delivery, topic_gateway: str, max_payload_bytes: int) -> None:
     """A gateway's retained status: applied when well-formed and its own, else quarantined.
     An empty payload is how MQTT clears a retained message (an unenrolled gateway's): nothing
@@ -249,8 +264,7 @@ def _plan_status(plan: BatchPlan, d: Delivery, topic_gateway: str, max_payload_b
             quarantine.QuarantineEntry(d.topic, topic_gateway, reason, detail, d.payload)
         )
 
-    if len(d.payload) > max_payload_bytes:
-        reject("too_large", f"payload of {len(d.payload)} bytes > {max_payload_bytes}")
+    if _too_large(plan, d, topic_gateway, max_payload_bytes):
         return
     try:
         status = parse_status(d.payload)
@@ -275,16 +289,7 @@ def _parse_follow_up(
     """A follow-up request or inbox receipt parsed, or None when it is unusable: then it is
     quarantined, and rejected in the ack when it names its id and its gateway is known (so
     the gateway stops resending what will never be accepted)."""
-    if len(d.payload) > max_payload_bytes:
-        plan.quarantined.append(
-            quarantine.QuarantineEntry(
-                d.topic,
-                topic_gateway,
-                "too_large",
-                f"payload of {len(d.payload)} bytes > {max_payload_bytes}",
-                d.payload,
-            )
-        )
+    if _too_large(plan, d, topic_gateway, max_payload_bytes):
         return None
     try:
         return parse(d.payload)
