@@ -205,13 +205,17 @@ def parse_kind_rule(
             | {"min_readings"}
         )
     elif kind == "baseline":
+        window_days = fields.number("window_days", minimum=1)
+        min_days = fields.optional_int("min_days", minimum=3) or 7
+        if min_days > window_days:
+            raise RuleKindError(f"{where}: `min_days` ({min_days}) exceeds `window_days`")
         rule = BaselineRule(
             **common,
             direction=fields.direction(),
             metric=fields.metric(),
-            window_days=fields.number("window_days", minimum=1),
+            window_days=window_days,
             k=fields.number("k", minimum=0, exclusive=True),
-            min_days=fields.optional_int("min_days", minimum=3) or 7,
+            min_days=min_days,
             min_deviation=fields.optional_number("min_deviation", minimum=0) or 0.0,
             severity=fields.severity(),
             label=fields.text("label"),
@@ -271,6 +275,17 @@ def parse_kind_rule(
     return rule
 
 
+def finite_number(value: Any) -> float | None:
+    """A finite float, or None (booleans, strings and integers beyond any float too)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 class _Fields:
     """Typed access to one rule's keys, each error naming the rule and the key."""
 
@@ -321,9 +336,10 @@ class _Fields:
         if key not in self.raw:
             raise RuleKindError(f"{self.where}: `{key}` is missing")
         value = self.raw[key]
-        is_number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not is_number or not math.isfinite(value):
+        number = finite_number(value)
+        if number is None:
             raise RuleKindError(f"{self.where}: `{key}` must be a finite number, not {value!r}")
+        value = number
         if minimum is not None and (value <= minimum if exclusive else value < minimum):
             bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
             raise RuleKindError(f"{self.where}: `{key}` must be {bound}, not {value!r}")

@@ -13,7 +13,6 @@ condition it met.
 from __future__ import annotations
 
 import copy
-import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analytics import AnalyticsError
-from analytics.rule_kinds import KindRule, RuleKindError, parse_kind_rule
+from analytics.rule_kinds import KindRule, RuleKindError, finite_number, parse_kind_rule
 from carewatch_contract.metrics import METRICS
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
@@ -402,12 +401,7 @@ def _parse_rule(raw: Any, *, position: int, source: str) -> Rule:
     if spo2_scale is not None and (isinstance(spo2_scale, bool) or spo2_scale not in SPO2_SCALES):
         raise RulesConfigError(f"{where}: `spo2_scale` must be 1 or 2, not {spo2_scale!r}")
     hysteresis = raw.get("hysteresis", 0.0)
-    if (
-        isinstance(hysteresis, bool)
-        or not isinstance(hysteresis, int | float)
-        or not math.isfinite(hysteresis)
-        or hysteresis < 0
-    ):
+    if finite_number(hysteresis) is None or hysteresis < 0:
         raise RulesConfigError(f"{where}: `hysteresis` must be a number >= 0, not {hysteresis!r}")
     return ThresholdRule(
         id=rule_id,
@@ -442,7 +436,7 @@ def _parse_condition(raw: Any, *, direction: str, where: str) -> Condition:
             f"{where}: a {direction!r} rule compares with `{expected}`, not `{comparison}`"
         )
     limit = raw[comparison]
-    if isinstance(limit, bool) or not isinstance(limit, int | float) or not math.isfinite(limit):
+    if finite_number(limit) is None:
         raise RulesConfigError(f"{where}: `{comparison}` must be a finite number, not {limit!r}")
     severity = raw.get("severity")
     if not isinstance(severity, str) or severity not in SEVERITY_RANK:

@@ -21,6 +21,7 @@ shell is :mod:`analytics.threshold_store`.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,6 +78,8 @@ def effective_rules(
         return rules_from_mapping(data, source=label)
     except RulesConfigError as exc:
         raise ThresholdSetError(str(exc)) from None
+    except (TypeError, ValueError, OverflowError) as exc:  # a value no rule can hold
+        raise ThresholdSetError(f"{label}: a value cannot be used: {exc}") from None
 
 
 def apply_overrides(
@@ -108,7 +111,7 @@ def _set_path(table: Any, parts: Sequence[str], value: Any, *, where: str) -> No
     if isinstance(node, list):
         node[_index(node, last, where=where)] = value
     elif isinstance(node, dict):
-        if last not in node and last in ("id", "kind"):
+        if node is table and last in ("id", "kind"):
             raise ThresholdSetError(f"{where}: a rule's {last} cannot be overridden")
         node[last] = value
     else:
@@ -124,9 +127,22 @@ def _child(node: Any, part: str, *, where: str) -> Any:
 
 
 def _index(node: list[Any], part: str, *, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
+    # Written as a plain index ("0", "12"): "00" or other digits would slip past a lock's path.
+    if not re.fullmatch(r"0|[1-9][0-9]*", part) or int(part) >= len(node):
         raise ThresholdSetError(f"{where}: {part!r} is not an index of a list of {len(node)}")
     return int(part)
+
+
+def check_locks(defaults: RuleSet, locked: frozenset[str]) -> None:
+    """Each lock must name a value of the rules (``rule-id.path``)."""
+    tables = {rule.get("id"): rule for rule in defaults.definition.get("rules", [])}
+    for lock in sorted(locked):
+        rule_id, _, path = lock.partition(".")
+        if rule_id not in tables or not path:
+            raise ThresholdSetError(f"lock {lock!r}: no rule {rule_id!r} with such a value")
+        node: Any = tables[rule_id]
+        for part in path.split("."):
+            node = _child(node, part, where=f"lock {lock!r}")
 
 
 def locked_paths_touched(

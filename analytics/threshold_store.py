@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -14,6 +15,7 @@ from analytics.rules import PROGRAMS, RuleSet
 from analytics.threshold_sets import (
     ThresholdSetError,
     ThresholdVersion,
+    check_locks,
     effective_rules,
     locked_paths_touched,
     rules_by_patient,
@@ -96,21 +98,16 @@ def save_version(
         touched = locked_paths_touched(program_version, overrides)
         if touched:
             raise LockedValueError(f"locked by the program's lead: {', '.join(touched)}")
-    draft = ThresholdVersion(
-        version_id=0,
-        scope=scope,  # type: ignore[arg-type]
-        scope_id=scope_id,
-        overrides=overrides,
-        reason=reason,
-        author=author,
-        created_at=_now(conn),
-        locked=locked,
-    )
-    effective_rules(
-        defaults,
-        program=program_version if scope == "patient" else draft,
-        patient=draft if scope == "patient" else None,
-    )  # raises ThresholdSetError when the result is not a valid rule set
+    check_locks(defaults, locked)
+    draft = _draft(scope, scope_id, overrides, locked=locked, reason=reason, author=author)
+    if scope == "patient":
+        effective_rules(defaults, program=program_version, patient=draft)
+    else:
+        # Valid alone, and with every override of the program's patients on top: a program
+        # version that breaks one patient's rules would stop the rules worker on that patient.
+        effective_rules(defaults, program=draft)
+        for patient_version in _patient_versions_in_program(conn, scope_id):
+            effective_rules(defaults, program=draft, patient=patient_version)
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
             "INSERT INTO threshold_versions (scope, scope_id, overrides, locked, reason, author)"
@@ -122,34 +119,14 @@ def save_version(
 
 
 def rules_for_patients(
-    conn: psycopg.Connection[Any], defaults: RuleSet, patient_ids: list[str]
-) -> dict[str, RuleSet]:
-    """Each patient's rules in force (defaults, program, patient)."""
-    programs = dict(
-        conn.execute(
-            "SELECT patient_id, program FROM patients WHERE patient_id = ANY(%s::text[])",
-            (patient_ids,),
-        ).fetchall()
-    )
-    return rules_by_patient(
-        defaults,
-        {patient_id: programs.get(patient_id, "general") for patient_id in patient_ids},
-        programs=current_versions(conn, scope="program"),
-        overrides=current_versions(conn, scope="patient", scope_ids=patient_ids),
-    )
-
-
-def proposed_rules_for_patients(
     conn: psycopg.Connection[Any],
     defaults: RuleSet,
     patient_ids: list[str],
     *,
-    scope: str,
-    scope_id: str,
-    overrides: Mapping[str, Mapping[str, Any]],
+    proposal: ThresholdVersion | None = None,
 ) -> dict[str, RuleSet]:
-    """Each patient's rules if a new version of ``scope``/``scope_id`` with ``overrides``
-    were saved (the tuning preview). Raises :class:`ThresholdSetError` like saving would."""
+    """Each patient's rules in force (defaults, program, patient), or with ``proposal`` in
+    place of its scope's version (the tuning preview)."""
     programs = dict(
         conn.execute(
             "SELECT patient_id, program FROM patients WHERE patient_id = ANY(%s::text[])",
@@ -158,25 +135,60 @@ def proposed_rules_for_patients(
     )
     program_versions = current_versions(conn, scope="program")
     patient_versions = current_versions(conn, scope="patient", scope_ids=patient_ids)
-    draft = ThresholdVersion(
-        version_id=0,
-        scope=scope,  # type: ignore[arg-type]
-        scope_id=scope_id,
-        overrides=overrides,
-        reason="preview",
-        author="preview",
-        created_at=_now(conn),
-    )
-    if scope == "program":
-        program_versions[scope_id] = draft
-    else:
-        patient_versions[scope_id] = draft
+    if proposal is not None:
+        versions = program_versions if proposal.scope == "program" else patient_versions
+        versions[proposal.scope_id] = proposal
     return rules_by_patient(
         defaults,
         {patient_id: programs.get(patient_id, "general") for patient_id in patient_ids},
         programs=program_versions,
         overrides=patient_versions,
     )
+
+
+def proposal(
+    defaults: RuleSet, *, scope: str, scope_id: str, overrides: Mapping[str, Mapping[str, Any]]
+) -> ThresholdVersion:
+    """A version not saved, checked as saving would check it on its own (unknown program,
+    rule, path or value: :class:`ThresholdSetError`)."""
+    if scope == "program" and scope_id not in PROGRAMS:
+        raise ThresholdSetError(f"unknown program {scope_id!r} ({', '.join(PROGRAMS)})")
+    draft = _draft(scope, scope_id, overrides, reason="preview", author="preview")
+    effective_rules(defaults, **{scope: draft})  # type: ignore[arg-type]
+    return draft
+
+
+def _draft(
+    scope: str,
+    scope_id: str,
+    overrides: Mapping[str, Mapping[str, Any]],
+    *,
+    reason: str,
+    author: str,
+    locked: frozenset[str] = frozenset(),
+) -> ThresholdVersion:
+    return ThresholdVersion(
+        version_id=0,
+        scope=scope,  # type: ignore[arg-type]
+        scope_id=scope_id,
+        overrides=overrides,
+        reason=reason,
+        author=author,
+        created_at=datetime.now(UTC),
+        locked=locked,
+    )
+
+
+def _patient_versions_in_program(
+    conn: psycopg.Connection[Any], program: str
+) -> list[ThresholdVersion]:
+    ids = [
+        patient_id
+        for (patient_id,) in conn.execute(
+            "SELECT patient_id FROM patients WHERE program = %s", (program,)
+        ).fetchall()
+    ]
+    return list(current_versions(conn, scope="patient", scope_ids=ids).values())
 
 
 def patients_in_scope(conn: psycopg.Connection[Any], *, scope: str, scope_id: str) -> list[str]:
@@ -188,9 +200,3 @@ def patients_in_scope(conn: psycopg.Connection[Any], *, scope: str, scope_id: st
         "SELECT patient_id FROM patients WHERE program = %s ORDER BY patient_id", (scope_id,)
     ).fetchall()
     return [patient_id for (patient_id,) in rows]
-
-
-def _now(conn: psycopg.Connection[Any]) -> Any:
-    row = conn.execute("SELECT now()").fetchone()
-    assert row is not None
-    return row[0]

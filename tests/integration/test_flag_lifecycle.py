@@ -112,21 +112,25 @@ def test_a_snooze_hides_one_rule_and_direction_until_it_ends(
         "spo2-below-target": True,
     }
     assert client.get("/api/v1/flags/counts").json()["critical"] == 1  # only the crisis shows
-    # The other direction of the same rule is not snoozed.
-    other = flag_readings_direction_check(db)
-    assert other == []
+    # The other direction of the same rule is not snoozed: a high flag of it stays in view.
+    db.execute(
+        "INSERT INTO flags (patient_id, rule_id, direction, loinc, title, severity, threshold,"
+        " rules_version, opened_at, last_breach_at, first_value, last_value, worst_value)"
+        " VALUES ('ann', 'spo2-below-target', 'high', %s, 'SpO2 high', 'low', '{}', 't',"
+        " now(), now(), 100, 100, 100)",
+        (SPO2,),
+    )
+    queue = client.get("/api/v1/flags").json()
+    assert sorted((f["rule_id"], f["direction"]) for f in queue) == [
+        ("hypertensive-crisis", "high"),
+        ("spo2-below-target", "high"),
+    ]
+    db.execute("DELETE FROM flags WHERE direction = 'high' AND rule_id = 'spo2-below-target'")
     cancelled = client.post(f"/api/v1/snoozes/{made.json()['snooze_id']}/cancel").json()
     assert cancelled["cancelled_by"] == "nurse.kim"
     assert len(client.get("/api/v1/flags").json()) == 2
     assert client.get("/api/v1/patients/ann/snoozes").json() == []
     assert flags  # both flags were raised and recorded throughout
-
-
-def flag_readings_direction_check(db: psycopg.Connection) -> list[Any]:
-    """Active snoozes of a direction nobody snoozed: none."""
-    return db.execute(
-        "SELECT * FROM active_snoozes WHERE rule_id = 'spo2-below-target' AND direction = 'high'"
-    ).fetchall()
 
 
 @pytest.mark.parametrize(
@@ -145,6 +149,7 @@ def test_a_snooze_needs_a_direction_a_reason_and_at_most_30_days(
     assert client.post("/api/v1/patients/ann/snoozes", json=body).status_code == status
     valid = {"rule_id": "x", "direction": "low", "minutes": 60, "reason": "r"}
     assert client.post("/api/v1/patients/nobody/snoozes", json=valid).status_code == 404
+    assert "no rule 'x'" in client.post("/api/v1/patients/ann/snoozes", json=valid).text
 
 
 # --- escalation ----------------------------------------------------------------------------------

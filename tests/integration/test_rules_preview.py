@@ -139,3 +139,5 @@ def test_a_program_version_is_previewed_on_that_programs_patients_only(
     assert bad.status_code == 422 and "finite number" in bad.json()["detail"]
     neither = client.post("/api/v1/rules/preview", json={"days": 30})
     assert neither.status_code == 422
+    unknown = client.post("/api/v1/rules/preview", json={**proposal, "scope_id": "vegan"})
+    assert unknown.status_code == 422 and "unknown program" in unknown.json()["detail"]

@@ -144,6 +144,7 @@ def test_a_locked_program_value_holds_against_a_patient_override(
         ("program/vegan", {"overrides": {}, "reason": "r"}, "unknown program"),
         ("patient/nobody", {"overrides": {}, "reason": "r"}, "no patient"),
         ("patient/pt-gen", {"overrides": {}, "reason": "r", "locked": ["fever.x"]}, "locks"),
+        ("program/copd", {"overrides": {}, "reason": "r", "locked": ["fever.x"]}, "lock"),
     ],
 )
 def test_a_bad_version_is_refused_with_its_reason(
@@ -152,3 +153,22 @@ def test_a_bad_version_is_refused_with_its_reason(
     answer = client.post(f"/api/v1/thresholds/{path}", json=body)
     assert answer.status_code == 422
     assert message in answer.json()["detail"]
+
+
+def test_a_program_version_that_would_break_a_patients_override_is_refused(
+    client: httpx.Client, two_patients: None
+) -> None:
+    assert (
+        client.post(
+            "/api/v1/thresholds/patient/pt-htn",
+            json={"overrides": {"fever": {"when.1.above": 39.5}}, "reason": "runs warm"},
+        ).status_code
+        == 201
+    )
+    breaking = client.post(
+        "/api/v1/thresholds/program/hypertension",
+        json={"overrides": {"fever": {"when": [{"metric": "8310-5", "above": 38.5,
+              "severity": "medium", "label": "fever"}]}}, "reason": "one fever limit"},
+    )  # fmt: skip
+    assert breaking.status_code == 422
+    assert "'1' is not an index" in breaking.json()["detail"]

@@ -12,6 +12,7 @@ from analytics.rules import RuleSet, ThresholdRule, load_rules
 from analytics.threshold_sets import (
     ThresholdSetError,
     ThresholdVersion,
+    check_locks,
     effective_rules,
     locked_paths_touched,
     rules_by_patient,
@@ -80,6 +81,10 @@ def test_a_rule_can_be_switched_off_and_other_kinds_tuned(defaults: RuleSet) -> 
         ({"hypertensive-crisis": {"when.0.above": "high"}}, "must be a finite number"),
         ({"weight-gain-24h": {"by_at_least": -1}}, "must be > 0"),
         ({"hypertensive-crisis": {"enabled": "no"}}, "enabled must be true or false"),
+        ({"hypertensive-crisis": {"id": "renamed"}}, "a rule's id cannot be overridden"),
+        ({"hypertensive-crisis": {"when.00.above": 1}}, "'00' is not an index"),
+        ({"weight-gain-24h": {"by_at_least": 10**400}}, "must be a finite number"),
+        ({"hypertensive-crisis": {"when.0.above": 10**400}}, "must be a finite number"),
     ],
 )
 def test_a_bad_override_is_refused_with_the_reason(
@@ -114,3 +119,10 @@ def test_patients_with_the_same_versions_share_one_rule_set(defaults: RuleSet) -
     assert by_patient["p3"] is not by_patient["p1"]
     assert by_patient["p4"] is defaults
     assert by_patient["p3"].version.endswith("+program:copd@3+patient:p3@9")
+
+
+def test_a_lock_must_name_a_value_of_the_rules(defaults: RuleSet) -> None:
+    check_locks(defaults, frozenset({"hypertensive-crisis.when.0.above", "fever.hysteresis"}))
+    for lock in ("nope.when.0.above", "hypertensive-crisis", "fever.when.7.above"):
+        with pytest.raises(ThresholdSetError, match="lock"):
+            check_locks(defaults, frozenset({lock}))

@@ -24,6 +24,7 @@ from analytics.backtest import RulesInForce, compare, history_from_database
 from analytics.rules import RulesConfigError, RuleSet, rules_from_mapping
 from analytics.threshold_sets import ThresholdSetError
 from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.api.routes.thresholds import MAX_OVERRIDDEN_RULES
 
 router = APIRouter(prefix="/api/v1/rules", tags=["rules"])
 
@@ -39,7 +40,7 @@ class Preview(BaseModel):
     rules_toml: Annotated[str | None, Field(max_length=MAX_RULES_BYTES)] = None
     scope: Literal["program", "patient"] | None = None
     scope_id: Annotated[str | None, Field(max_length=64)] = None
-    overrides: dict[str, dict[str, Any]] | None = None
+    overrides: dict[str, dict[str, Any]] | None = Field(None, max_length=MAX_OVERRIDDEN_RULES)
     days: Literal[30, 90] = 30
 
     @model_validator(mode="after")
@@ -76,11 +77,12 @@ def _one_scope(
 ) -> _Trial:
     scope, scope_id, overrides = body.scope, body.scope_id, body.overrides
     assert scope is not None and scope_id is not None and overrides is not None
+    draft = threshold_store.proposal(defaults, scope=scope, scope_id=scope_id, overrides=overrides)
     ids = threshold_store.patients_in_scope(conn, scope=scope, scope_id=scope_id)
+    if scope == "patient" and not ids:
+        raise ThresholdSetError(f"no patient {scope_id!r}")
     current = threshold_store.rules_for_patients(conn, defaults, ids)
-    proposed = threshold_store.proposed_rules_for_patients(
-        conn, defaults, ids, scope=scope, scope_id=scope_id, overrides=overrides
-    )
+    proposed = threshold_store.rules_for_patients(conn, defaults, ids, proposal=draft)
     readings, patients = history_from_database(conn, since=since, patient_ids=ids)
     name = f"{scope}:{scope_id}"
     return _Trial(current, proposed, readings, patients, (f"{name} in force", f"{name} proposed"))
@@ -95,6 +97,8 @@ def preview(body: Preview, request: Request, conn: ConnDep, caller: CallerDep) -
     try:
         t = trial(body, conn, request.app.state.rules, since)
     except (tomllib.TOMLDecodeError, RulesConfigError, ThresholdSetError) as exc:
+        audited(conn, caller, action="read.rules_preview", resource="readings", outcome="invalid")
+        conn.commit()
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     audited(conn, caller, action="read.rules_preview", resource="readings", outcome="ok")
     result = compare(t.readings, t.current, t.proposed, patients=t.patients, now=now)

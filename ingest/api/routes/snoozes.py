@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
 from analytics import flag_lifecycle
@@ -25,7 +25,7 @@ class NewSnooze(BaseModel):
 
 @router.post("/patients/{patient_id}/snoozes", status_code=status.HTTP_201_CREATED)
 def create(
-    patient_id: PatientId, body: NewSnooze, conn: ConnDep, caller: CallerDep
+    patient_id: PatientId, body: NewSnooze, request: Request, conn: ConnDep, caller: CallerDep
 ) -> dict[str, Any]:
     """Snooze the patient's flags of one rule and direction for ``minutes``."""
     resource = f"patient/{patient_id}/snoozes"
@@ -35,6 +35,14 @@ def create(
         conn.commit()
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
     now = datetime.now(UTC)
+    try:
+        request.app.state.rules.rule(body.rule_id)
+    except KeyError:
+        audited(conn, caller, action="write.snooze", resource=resource, outcome="invalid")
+        conn.commit()
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"no rule {body.rule_id!r} to snooze"
+        ) from None
     try:
         snooze = flag_lifecycle.snooze(
             conn,
@@ -47,6 +55,8 @@ def create(
             now=now,
         )
     except flag_lifecycle.SnoozeError as exc:
+        audited(conn, caller, action="write.snooze", resource=resource, outcome="invalid")
+        conn.commit()
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     audited(conn, caller, action="write.snooze", resource=resource, outcome="ok")
     return snooze

@@ -22,10 +22,17 @@ ScopeId = Annotated[str, Path(max_length=64)]
 ScopeName = Literal["program", "patient"]
 
 
+#: An override set or a lock list beyond these is not a threshold change but a mistake.
+MAX_OVERRIDDEN_RULES = 200
+MAX_LOCKS = 200
+
+
 class NewVersion(BaseModel):
-    overrides: dict[str, dict[str, Any]]
+    overrides: dict[str, dict[str, Any]] = Field(max_length=MAX_OVERRIDDEN_RULES)
     reason: str = Field(min_length=1, max_length=1000)
-    locked: list[str] = Field(default_factory=list, max_length=200)
+    locked: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_LOCKS
+    )
 
 
 def _as_json(version: ThresholdVersion) -> dict[str, Any]:
