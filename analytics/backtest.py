@@ -24,7 +24,7 @@ import pandas as pd
 
 from analytics import AnalyticsError
 from analytics.episodes import alerts_per_patient_week, empty_flags, episodes
-from analytics.rules import RuleSet
+from analytics.rules import PROGRAMS, RuleSet
 from analytics.signals import evaluate
 from carewatch_contract.metrics import METRICS
 
@@ -49,7 +49,10 @@ def load_readings_csv(path: Path | str) -> pd.DataFrame:
     """The readings of a backtest CSV, checked: known metrics in their canonical units,
     finite values, times with an offset. Errors name the line."""
     try:
-        raw = pd.read_csv(path, dtype={"patient_id": str, "metric": str, "unit": str})
+        raw = pd.read_csv(
+            path,
+            dtype={"patient_id": str, "metric": str, "unit": str, "reading_id": str},
+        )
     except (OSError, ValueError) as exc:
         raise BacktestInputError(f"{path}: cannot read the readings CSV: {exc}") from None
     missing = [column for column in CSV_COLUMNS if column not in raw.columns]
@@ -58,6 +61,10 @@ def load_readings_csv(path: Path | str) -> pd.DataFrame:
             f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(CSV_COLUMNS)}"
         )
     line = raw.index.to_series() + 2  # the header is line 1
+    no_patient = raw["patient_id"].isna()
+    if no_patient.any():
+        first = raw.index[no_patient][0]
+        raise BacktestInputError(f"{path}, line {line[first]}: patient_id is empty")
     known = raw["metric"].isin(METRICS.keys())
     if not known.all():
         first = raw.index[~known][0]
@@ -83,9 +90,10 @@ def load_readings_csv(path: Path | str) -> pd.DataFrame:
     measured_at = _times(raw["measured_at"], path, line, "measured_at")
     frame = pd.DataFrame(
         {
-            "reading_id": raw["reading_id"].astype(str)
+            # A reading without an id of its own is named by its line.
+            "reading_id": raw["reading_id"].fillna("csv-" + line.astype(str))
             if "reading_id" in raw.columns
-            else [f"csv-{n}" for n in line],
+            else "csv-" + line.astype(str),
             "patient_id": raw["patient_id"].astype(str),
             "loinc": raw["metric"],
             "value": values.astype("float64"),
@@ -93,25 +101,51 @@ def load_readings_csv(path: Path | str) -> pd.DataFrame:
         }
     )
     if "received_at" in raw.columns:
-        frame["received_at"] = _times(raw["received_at"], path, line, "received_at")
+        frame["received_at"] = _times(raw["received_at"], path, line, "received_at", optional=True)
     if "device_id" in raw.columns:
         frame["device_id"] = raw["device_id"].astype(str)
     return frame
 
 
 def load_patients_csv(path: Path | str) -> pd.DataFrame:
+    """patient_id, and optionally program, spo2_scale (1 or 2) and on_oxygen (true/false)."""
     try:
-        patients = pd.read_csv(path, dtype={"patient_id": str, "program": str})
+        patients = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as exc:
         raise BacktestInputError(f"{path}: cannot read the patients CSV: {exc}") from None
     if "patient_id" not in patients.columns:
         raise BacktestInputError(f"{path}: the patients CSV needs a patient_id column")
+    checks = {
+        "program": (set(PROGRAMS) | {""}, None),
+        "spo2_scale": ({"1", "2", ""}, lambda v: int(v) if v else None),
+        "on_oxygen": (
+            {"true", "false", ""},
+            lambda v: {"true": True, "false": False}.get(v.lower()),
+        ),
+    }
+    for column, (allowed, convert) in checks.items():
+        if column not in patients.columns:
+            continue
+        given = patients[column].str.strip()
+        bad = ~given.str.lower().isin(allowed)
+        if bad.any():
+            first = patients.index[bad][0]
+            raise BacktestInputError(
+                f"{path}, line {first + 2}: {column} {given[first]!r} is not one of"
+                f" {', '.join(sorted(v for v in allowed if v))} (or empty)"
+            )
+        patients[column] = given.map(convert) if convert else given.replace("", None)
     return patients
 
 
-def _times(column: pd.Series, path: Path | str, line: pd.Series, name: str) -> pd.Series:
+def _times(
+    column: pd.Series, path: Path | str, line: pd.Series, name: str, *, optional: bool = False
+) -> pd.Series:
+    """ISO 8601 times with an offset; empty cells are refused, or unknown when ``optional``."""
     text = column.astype(str)
     has_offset = text.str.contains(r"(?:[+-]\d{2}:?\d{2}|Z)$", regex=True)
+    if optional:
+        has_offset |= column.isna()
     if not has_offset.all():
         first = column.index[~has_offset][0]
         raise BacktestInputError(
@@ -119,7 +153,7 @@ def _times(column: pd.Series, path: Path | str, line: pd.Series, name: str) -> p
             " e.g. 2026-09-01T07:30:00+00:00"
         )
     try:
-        return pd.to_datetime(text, utc=True, format="ISO8601")
+        return pd.to_datetime(text.where(column.notna()), utc=True, format="ISO8601")
     except (ValueError, TypeError) as exc:
         raise BacktestInputError(f"{path}: {name} is not ISO 8601: {exc}") from None
 
@@ -234,13 +268,16 @@ def run_backtest_by_patient(
     if readings.empty:
         return BacktestResult(empty_flags(), 0.0, 0, 0)
     end = pd.Timestamp(now) if now is not None else readings["measured_at"].max()
+    keys = readings["patient_id"].astype(str)
     groups: dict[int, tuple[RuleSet, list[str]]] = {}
-    for patient_id in pd.unique(readings["patient_id"].astype(str)):
+    for patient_id in pd.unique(keys):
+        if patient_id not in rules:
+            raise BacktestInputError(f"no rules for patient {patient_id!r}")
         rule_set = rules[patient_id]
         groups.setdefault(id(rule_set), (rule_set, []))[1].append(patient_id)
     parts = [
         run_backtest(
-            readings.loc[readings["patient_id"].astype(str).isin(members)],
+            readings.loc[keys.isin(members)],
             rule_set,
             patients=patients,
             now=end,

@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 
 from analytics.__main__ import main
-from analytics.backtest import compare, load_readings_csv, run_backtest
+from analytics.backtest import (
+    BacktestInputError,
+    compare,
+    load_patients_csv,
+    load_readings_csv,
+    run_backtest,
+)
 from analytics.rules import load_rules, rules_from_mapping
 from bench.rpm_history import History, generate_history, write_csv
 
@@ -123,3 +129,40 @@ def test_the_tuning_preview_names_the_patients_who_gain_or_lose_alerts(history: 
     assert preview.proposed.alerts_per_patient_week > preview.current.alerts_per_patient_week
     assert preview.gaining and not preview.losing
     assert preview.as_json()["patients_gaining_alerts"] == preview.gaining
+
+
+def test_blank_ids_and_times_are_named_or_unknown_not_merged(tmp_path: Path) -> None:
+    path = tmp_path / "readings.csv"
+    path.write_text(
+        "patient_id,metric,value,unit,measured_at,reading_id,received_at\n"
+        "p1,8480-6,190,mm[Hg],2026-09-01T07:00:00+00:00,,\n"
+        "p1,8480-6,191,mm[Hg],2026-09-01T08:00:00+00:00,,2026-09-04T08:00:00+00:00\n"
+    )
+    frame = load_readings_csv(path)
+    assert frame["reading_id"].tolist() == ["csv-2", "csv-3"]
+    assert frame["received_at"].isna().tolist() == [True, False]
+    path.write_text(
+        "patient_id,metric,value,unit,measured_at\n,8480-6,190,mm[Hg],2026-09-01T07:00:00+00:00\n"
+    )
+    with pytest.raises(BacktestInputError, match="line 2: patient_id is empty"):
+        load_readings_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("p1,copd,3,false", "line 2: spo2_scale '3'"),
+        ("p1,copd,2,yes", "line 2: on_oxygen 'yes'"),
+        ("p1,vegan,1,false", "line 2: program 'vegan'"),
+    ],
+)
+def test_a_patients_file_with_odd_values_is_refused_by_line(
+    tmp_path: Path, row: str, message: str
+) -> None:
+    path = tmp_path / "patients.csv"
+    path.write_text(f"patient_id,program,spo2_scale,on_oxygen\n{row}\n")
+    with pytest.raises(BacktestInputError, match=message):
+        load_patients_csv(path)
+    path.write_text("patient_id,program,spo2_scale,on_oxygen\np1,copd,2,TRUE\np2,,,\n")
+    loaded = load_patients_csv(path)
+    assert loaded["spo2_scale"].tolist()[0] == 2 and loaded["on_oxygen"].tolist()[0] is True
