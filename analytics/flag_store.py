@@ -71,6 +71,13 @@ class FlagChanges:
     severity_raised: int = 0
     readings_linked: int = 0
 
+    def __iadd__(self, other: FlagChanges) -> FlagChanges:
+        self.opened += other.opened
+        self.updated += other.updated
+        self.severity_raised += other.severity_raised
+        self.readings_linked += other.readings_linked
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class _Breach:
@@ -281,7 +288,7 @@ def _without_already_linked(
 _FLAG_STATE_COLUMNS: Final = (
     "flag_id, patient_id, rule_id, direction, kind, loinc, title, severity, status, threshold,"
     " rules_version, opened_at, last_breach_at, breach_count, first_value, last_value,"
-    " worst_value, acknowledged_at, acknowledged_by"
+    " worst_value, acknowledged_at, acknowledged_by, late"
 )
 
 
@@ -384,6 +391,8 @@ def _fold(state: _FlagState, breaches: Iterable[_Breach], rules: RuleSet) -> _Fl
     worse = min if _lower_is_worse(rules).get(state.rule_id, state.direction == "low") else max
     for breach in breaches:
         state.breach_count += 1
+        if not breach.late:  # a reading of the present: the flag is news now, escalation too
+            state.late = False
         if breach.loinc == state.loinc:
             if breach.measured_at >= state.last_breach_at:
                 state.last_value = breach.value
@@ -509,13 +518,13 @@ def _update_flags(conn: psycopg.Connection[Any], states: Sequence[_FlagState]) -
         " last_breach_at = u.last_breach_at, breach_count = u.breach_count,"
         " last_value = u.last_value, worst_value = u.worst_value,"
         " acknowledged_at = u.acknowledged_at, acknowledged_by = u.acknowledged_by,"
-        " opened_at = u.opened_at, first_value = u.first_value"
+        " opened_at = u.opened_at, first_value = u.first_value, late = u.late"
         " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[],"
         " %s::timestamptz[], %s::int[], %s::float8[], %s::float8[], %s::timestamptz[],"
-        " %s::text[], %s::timestamptz[], %s::float8[])"
+        " %s::text[], %s::timestamptz[], %s::float8[], %s::bool[])"
         " AS u(flag_id, severity, status, threshold, rules_version, last_breach_at,"
         " breach_count, last_value, worst_value, acknowledged_at, acknowledged_by,"
-        " opened_at, first_value)"
+        " opened_at, first_value, late)"
         " WHERE f.flag_id = u.flag_id",
         (
             [s.flag_id for s in states],
@@ -531,6 +540,7 @@ def _update_flags(conn: psycopg.Connection[Any], states: Sequence[_FlagState]) -
             [s.acknowledged_by for s in states],
             [s.opened_at for s in states],
             [s.first_value for s in states],
+            [s.late for s in states],
         ),
     )
 

@@ -282,11 +282,7 @@ def apply_new_readings(
     total, resolved = FlagChanges(), 0
     rounds = _episode_rounds(chosen, flags)
     for number in sorted(set(rounds)):
-        changes = _apply_by_rules(conn, rules, chosen.loc[rounds == number])
-        total.opened += changes.opened
-        total.updated += changes.updated
-        total.severity_raised += changes.severity_raised
-        total.readings_linked += changes.readings_linked
+        total += _apply_by_rules(conn, rules, chosen.loc[rounds == number])
         resolved += resolve_back_in_range(
             conn, _episodes_of_round(chosen.loc[rounds == number], flags), now=now
         )
@@ -357,10 +353,7 @@ def _apply_by_rules(
     for group_rules, members in rule_groups(conn, rules, patient_ids):
         mine = breaching.loc[breaching["patient_id"].isin(members)]
         changes = apply_breaches(conn, as_breaches(mine, group_rules), group_rules)
-        total.opened += changes.opened
-        total.updated += changes.updated
-        total.severity_raised += changes.severity_raised
-        total.readings_linked += changes.readings_linked
+        total += changes
     return total
 
 
@@ -381,15 +374,15 @@ def resolve_back_in_range(
         return 0
     rows = conn.execute(
         "WITH back AS ("
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[],"
-        " %s::timestamptz[]) AS b(patient_id, rule_id, direction, opened_at, back_at)),"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[])"
+        " AS b(patient_id, rule_id, direction, back_at)),"
         " resolved AS ("
         " UPDATE flags f SET status = 'resolved', resolved_at = b.back_at, resolved_by = 'rules',"
         " resolution_note = 'back in range'"
         " FROM back b WHERE (f.patient_id, f.rule_id, f.direction)"
         " = (b.patient_id, b.rule_id, b.direction)"
         " AND f.status <> 'resolved' AND f.last_breach_at < b.back_at"
-        " RETURNING f.flag_id, f.status)"
+        " RETURNING f.flag_id)"
         " INSERT INTO flag_events (flag_id, event, actor, detail)"
         " SELECT flag_id, 'resolved', 'rules', '{\"reason\": \"back in range\"}'::jsonb"
         " FROM resolved RETURNING flag_id",
@@ -397,7 +390,6 @@ def resolve_back_in_range(
             done["patient_id"].tolist(),
             done["rule_id"].tolist(),
             done["direction"].fillna("none").tolist(),
-            done["opened_at"].tolist(),
             done["resolved_at"].tolist(),
         ),
     ).fetchall()
@@ -527,8 +519,6 @@ def sweep(
     changes = _apply_by_rules(conn, rules, unread)
     equipment = equipment_breaches(conn, rules, now=now)
     if not equipment.empty:
-        more = apply_breaches(conn, equipment, rules)
-        changes.opened += more.opened
-        changes.updated += more.updated
+        changes += apply_breaches(conn, equipment, rules)
     resolved = resolve_back_in_range(conn, flags, now=now)
     return changes, resolved + resolve_equipment_back(conn, rules, equipment)

@@ -222,3 +222,18 @@ def test_episodes_replayed_in_one_pass_become_the_flags_the_engine_sees(
         ("critical", "open", None),
     ]
     assert raised[0]["resolved_at"] == NOW - timedelta(hours=25)
+
+
+def test_a_late_flag_joined_by_a_reading_of_the_present_is_news_again(
+    worker_db: psycopg.Connection,
+) -> None:
+    store(worker_db, "replay", (SYSTOLIC, 195, 72))  # a backlog: late
+    run_once(worker_db, load_rules())
+    store(worker_db, "replay", (SYSTOLIC, 197, 73))  # another late one: still late
+    run_once(worker_db, load_rules())
+    [flag] = [f for f in flags(worker_db) if f["rule_id"] == "hypertensive-crisis"]
+    assert flag["late"] is True
+    store(worker_db, "replay", (SYSTOLIC, 199, 0.1))  # measured now
+    run_once(worker_db, load_rules())
+    [flag] = [f for f in flags(worker_db) if f["rule_id"] == "hypertensive-crisis"]
+    assert (flag["late"], flag["breach_count"]) == (False, 3)
