@@ -21,6 +21,7 @@ CareWatch (``ingested_at``) more than ``late_after`` after it was taken raises a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -228,9 +229,13 @@ def evaluate_patients(
     since: datetime,
     now: datetime,
     cache: HistoryCache | None = None,
+    in_force: Mapping[str, RuleSet] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Signals and episodes of these patients' readings since ``since`` - lookback (from
-    ``cache`` when given, else from the database)."""
+    ``cache`` when given, else from the database), each patient under the rules in force for
+    them (``in_force``, read when not given)."""
+    if in_force is None:
+        in_force = rules_for_patients(conn, rules, patient_ids)
     start = since - lookback(rules)
     if cache is not None:
         readings, patients = cache.history(conn, patient_ids=patient_ids, since=start, now=now)
@@ -238,7 +243,7 @@ def evaluate_patients(
         readings, patients = load_history(conn, patient_ids=patient_ids, since=start)
     signal_parts, flag_parts = [], []
     offset = 0  # group numbers stay distinct across the rule sets
-    for group_rules, members in rule_groups(conn, rules, patient_ids):
+    for group_rules, members in rule_groups(in_force, patient_ids):
         mine = readings.loc[readings["patient_id"].isin(members)]
         signals = evaluate(mine, group_rules, patients=patients, now=now)
         signal_parts.append(signals.assign(group=signals["group"] + offset))
@@ -250,20 +255,19 @@ def evaluate_patients(
 
 
 def rule_groups(
-    conn: psycopg.Connection[Any], defaults: RuleSet, patient_ids: list[str]
+    in_force: Mapping[str, RuleSet], patient_ids: Sequence[str]
 ) -> list[tuple[RuleSet, list[str]]]:
     """The patients grouped by the rules in force for them (program, patient overrides)."""
-    by_patient = rules_for_patients(conn, defaults, patient_ids)
     groups: dict[int, tuple[RuleSet, list[str]]] = {}
     for patient_id in patient_ids:
-        rules = by_patient[patient_id]
+        rules = in_force[patient_id]
         groups.setdefault(id(rules), (rules, []))[1].append(patient_id)
     return list(groups.values())
 
 
 def apply_new_readings(
     conn: psycopg.Connection[Any],
-    rules: RuleSet,
+    in_force: Mapping[str, RuleSet],
     signals: pd.DataFrame,
     flags: pd.DataFrame,
     *,
@@ -282,7 +286,7 @@ def apply_new_readings(
     total, resolved = FlagChanges(), 0
     rounds = _episode_rounds(chosen, flags)
     for number in sorted(set(rounds)):
-        total += _apply_by_rules(conn, rules, chosen.loc[rounds == number])
+        total += _apply_by_rules(conn, in_force, chosen.loc[rounds == number])
         resolved += resolve_back_in_range(
             conn, _episodes_of_round(chosen.loc[rounds == number], flags), now=now
         )
@@ -342,18 +346,14 @@ def _episodes_of_round(breaching: pd.DataFrame, flags: pd.DataFrame) -> pd.DataF
 
 
 def _apply_by_rules(
-    conn: psycopg.Connection[Any], rules: RuleSet, breaching: pd.DataFrame
+    conn: psycopg.Connection[Any], in_force: Mapping[str, RuleSet], breaching: pd.DataFrame
 ) -> FlagChanges:
     """Apply breaches under the rules in force for each patient: each flag records the
     version of the rules that raised it."""
     total = FlagChanges()
-    patient_ids = sorted(set(breaching["patient_id"]))
-    if not patient_ids:
-        return total
-    for group_rules, members in rule_groups(conn, rules, patient_ids):
+    for group_rules, members in rule_groups(in_force, sorted(set(breaching["patient_id"]))):
         mine = breaching.loc[breaching["patient_id"].isin(members)]
-        changes = apply_breaches(conn, as_breaches(mine, group_rules), group_rules)
-        total += changes
+        total += apply_breaches(conn, as_breaches(mine, group_rules), group_rules)
     return total
 
 
@@ -512,11 +512,12 @@ def sweep(
     patient_ids = monitored_patients(conn, now=now)
     if not patient_ids:
         return FlagChanges(), 0
+    in_force = rules_for_patients(conn, rules, patient_ids)
     signals, flags = evaluate_patients(
-        conn, rules, patient_ids=patient_ids, since=now, now=now, cache=cache
+        conn, rules, patient_ids=patient_ids, since=now, now=now, cache=cache, in_force=in_force
     )
     unread = signals.loc[signals["reading_id"].isna()]
-    changes = _apply_by_rules(conn, rules, unread)
+    changes = _apply_by_rules(conn, in_force, unread)
     equipment = equipment_breaches(conn, rules, now=now)
     if not equipment.empty:
         changes += apply_breaches(conn, equipment, rules)

@@ -42,6 +42,7 @@ from analytics.flag_store import FlagChanges
 from analytics.rules import RuleSet, load_rules
 from analytics.settings import AnalyticsSettings
 from analytics.signals import BREACH
+from analytics.threshold_store import rules_for_patients
 
 log = logging.getLogger(__name__)
 
@@ -107,20 +108,23 @@ def run_once(
             now = datetime.now(UTC)
             if cache is not None:
                 cache.add(new)
+            patient_ids = sorted(set(new["patient_id"]))
+            in_force = rules_for_patients(conn, rules, patient_ids)  # read once a pass
             signals, flags = live.evaluate_patients(
                 conn,
                 rules,
-                patient_ids=sorted(set(new["patient_id"])),
+                patient_ids=patient_ids,
                 since=new["measured_at"].min().to_pydatetime(),
                 now=now,
                 cache=cache,
+                in_force=in_force,
             )
             new_ids = set(new["reading_id"])
             breaches = int(
                 ((signals["state"] == BREACH) & signals["reading_id"].isin(new_ids)).sum()
             )
             changes, resolved = live.apply_new_readings(
-                conn, rules, signals, flags, new_reading_ids=new_ids, now=now
+                conn, in_force, signals, flags, new_reading_ids=new_ids, now=now
             )
         conn.execute(
             "UPDATE rules_watermark SET processed_below = %s::text::xid8, updated_at = now()"
