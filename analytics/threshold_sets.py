@@ -22,18 +22,22 @@ from __future__ import annotations
 
 import copy
 import re
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, Literal
 
 from analytics import AnalyticsError
-from analytics.rules import RulesConfigError, RuleSet, rules_from_mapping
+from analytics.rules import PROGRAMS, RulesConfigError, RuleSet, rules_from_mapping
 
 Scope = Literal["program", "patient"]
 SCOPES: Final[tuple[str, ...]] = ("program", "patient")
 #: The pseudo-key that switches a rule off for a program or a patient.
 ENABLED: Final = "enabled"
+#: The shipped first version of each care program (``program_templates.toml``).
+TEMPLATES_FILE: Final = Path(__file__).with_name("program_templates.toml")
 
 
 class ThresholdSetError(AnalyticsError, ValueError):
@@ -189,3 +193,60 @@ def rules_by_patient(
             built[key] = effective_rules(defaults, program=program_version, patient=patient_version)
         result[patient_id] = built[key]
     return result
+
+
+@dataclass(frozen=True)
+class ProgramTemplate:
+    """The shipped first version of a care program's overrides."""
+
+    program: str
+    overrides: Mapping[str, Mapping[str, Any]]
+    locked: frozenset[str]
+    source: str
+    templates_version: str
+
+
+def load_program_templates(
+    defaults: RuleSet, path: Path | str = TEMPLATES_FILE
+) -> dict[str, ProgramTemplate]:
+    """The templates of ``path``, each checked against ``defaults`` as saving would check it
+    (every override applies, every lock names a value)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ThresholdSetError(f"{path}: cannot read the program templates: {exc}") from None
+    version = data.get("version")
+    programs = data.get("programs")
+    if not isinstance(version, str) or not isinstance(programs, dict):
+        raise ThresholdSetError(f"{path}: expected `version` and [programs.<name>] tables")
+    templates = {}
+    for program, raw in programs.items():
+        where = f"{path}: programs.{program}"
+        if program not in PROGRAMS or not isinstance(raw, dict):
+            raise ThresholdSetError(f"{where}: not a care program ({', '.join(PROGRAMS)})")
+        unknown = set(raw) - {"source", "locked", "overrides"}
+        if unknown:
+            raise ThresholdSetError(f"{where}: unknown keys {sorted(unknown)}")
+        template = ProgramTemplate(
+            program=program,
+            overrides=raw.get("overrides", {}),
+            locked=frozenset(raw.get("locked", [])),
+            source=str(raw.get("source", "")),
+            templates_version=version,
+        )
+        if not template.source:
+            raise ThresholdSetError(f"{where}: say where the values come from (`source`)")
+        check_locks(defaults, template.locked)
+        draft = ThresholdVersion(
+            version_id=0,
+            scope="program",
+            scope_id=program,
+            overrides=template.overrides,
+            reason="template",
+            author="template",
+            created_at=datetime.min.replace(tzinfo=UTC),
+            locked=template.locked,
+        )
+        effective_rules(defaults, program=draft)
+        templates[program] = template
+    return templates

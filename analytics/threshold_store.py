@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 from analytics.rules import PROGRAMS, RuleSet
 from analytics.threshold_sets import (
+    ProgramTemplate,
     ThresholdSetError,
     ThresholdVersion,
     check_locks,
@@ -20,6 +21,9 @@ from analytics.threshold_sets import (
     locked_paths_touched,
     rules_by_patient,
 )
+
+#: Author of the versions ingest stores from the shipped program templates.
+TEMPLATE_AUTHOR = "carewatch-template"
 
 
 class LockedValueError(ThresholdSetError):
@@ -200,3 +204,30 @@ def patients_in_scope(conn: psycopg.Connection[Any], *, scope: str, scope_id: st
         "SELECT patient_id FROM patients WHERE program = %s ORDER BY patient_id", (scope_id,)
     ).fetchall()
     return [patient_id for (patient_id,) in rows]
+
+
+def seed_program_templates(
+    conn: psycopg.Connection[Any], templates: Mapping[str, ProgramTemplate]
+) -> list[str]:
+    """Store each template as the first version of its program, for the programs that have
+    no version yet (never over a lead's version); the programs seeded. Safe with several
+    ingest workers starting at once: one transaction-scoped advisory lock orders them."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('carewatch.program_templates'))")
+    seeded = []
+    for program, template in sorted(templates.items()):
+        inserted = conn.execute(
+            "INSERT INTO threshold_versions (scope, scope_id, overrides, locked, reason, author)"
+            " SELECT 'program', %s, %s::jsonb, %s, %s, %s WHERE NOT EXISTS"
+            " (SELECT 1 FROM threshold_versions WHERE scope = 'program' AND scope_id = %s)",
+            (
+                program,
+                json.dumps(template.overrides),
+                sorted(template.locked),
+                f"shipped template {template.templates_version} ({template.source})",
+                TEMPLATE_AUTHOR,
+                program,
+            ),
+        )
+        if inserted.rowcount:
+            seeded.append(program)
+    return seeded

@@ -15,6 +15,8 @@ import psycopg
 from fastapi import FastAPI
 
 from analytics.rules import load_rules
+from analytics.threshold_sets import load_program_templates
+from analytics.threshold_store import seed_program_templates
 from ingest import db
 from ingest.api.routes import (
     flags,
@@ -46,6 +48,11 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             db.ensure_partitions(conn)
         app.state.settings = settings
         app.state.rules = load_rules(Path(settings.rules_file) if settings.rules_file else None)
+        templates = load_program_templates(app.state.rules)
+        with psycopg.connect(settings.database_url) as conn:
+            seeded = seed_program_templates(conn, templates)
+        if seeded:
+            log.info("program templates stored as first versions: %s", ", ".join(seeded))
         app.state.counters = IngestCounters()
         app.state.pool = db.make_pool(settings.database_url, name="ingest-api")
         app.state.consumer = None

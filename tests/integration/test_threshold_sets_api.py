@@ -12,6 +12,13 @@ import psycopg
 import pytest
 
 from analytics.rules import load_rules
+from analytics.threshold_sets import load_program_templates
+from analytics.threshold_store import (
+    TEMPLATE_AUTHOR,
+    current_versions,
+    save_version,
+    seed_program_templates,
+)
 from analytics.worker import run_once
 from ingest.readings import StoredReading, insert_readings
 from ingest.registry import PatientRecord, enroll
@@ -172,3 +179,28 @@ def test_a_program_version_that_would_break_a_patients_override_is_refused(
     )  # fmt: skip
     assert breaking.status_code == 422
     assert "'1' is not an index" in breaking.json()["detail"]
+
+
+def test_ingest_stores_the_program_templates_once_and_never_over_a_leads_version(
+    db: psycopg.Connection,
+) -> None:
+    templates = load_program_templates(load_rules())
+    save_version(
+        db,
+        load_rules(),
+        scope="program",
+        scope_id="copd",
+        overrides={},
+        reason="our own COPD thresholds",
+        author="lead.ana",
+    )
+    assert seed_program_templates(db, templates) == ["diabetes", "heart_failure", "hypertension"]
+    assert seed_program_templates(db, templates) == []
+    db.commit()
+    in_force = current_versions(db, scope="program")
+    assert in_force["copd"].author == "lead.ana"
+    hypertension = in_force["hypertension"]
+    assert hypertension.author == TEMPLATE_AUTHOR
+    assert "ACC/AHA" in hypertension.reason
+    assert hypertension.locked == templates["hypertension"].locked
+    assert dict(hypertension.overrides) == dict(templates["hypertension"].overrides)

@@ -4,6 +4,7 @@ locks; one rule set per distinct combination."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from analytics.threshold_sets import (
     ThresholdVersion,
     check_locks,
     effective_rules,
+    load_program_templates,
     locked_paths_touched,
     rules_by_patient,
 )
@@ -126,3 +128,42 @@ def test_a_lock_must_name_a_value_of_the_rules(defaults: RuleSet) -> None:
     for lock in ("nope.when.0.above", "hypertensive-crisis", "fever.when.7.above"):
         with pytest.raises(ThresholdSetError, match="lock"):
             check_locks(defaults, frozenset({lock}))
+
+
+def test_the_shipped_program_templates_apply_and_lock_guideline_values(defaults: RuleSet) -> None:
+    templates = load_program_templates(defaults)
+    assert set(templates) == {"hypertension", "heart_failure", "copd", "diabetes"}
+    for template in templates.values():
+        assert template.source and template.templates_version
+    hypertension = templates["hypertension"]
+    assert "hypertensive-crisis.when.0.above" in hypertension.locked
+    program = version("program", "hypertension", dict(hypertension.overrides))
+    assert effective_rules(defaults, program=program).rule("systolic-weekly-rise").severity == (
+        "medium"
+    )
+    locked = version(
+        "program", "hypertension", dict(hypertension.overrides), locked=tuple(hypertension.locked)
+    )
+    assert locked_paths_touched(locked, {"hypertensive-crisis": {"when.0.above": 200}}) == [
+        "hypertensive-crisis.when.0.above"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('version = "t"\n[programs.oncology]\nsource = "x"\n', "not a care program"),
+        ('version = "t"\n[programs.copd]\nsource = "x"\nlocked = ["fever.nope"]\n', "lock"),
+        ('version = "t"\n[programs.copd]\nsource = "x"\noverrides.nope.above = 1\n', "no rule"),
+        ('version = "t"\n[programs.copd]\noverrides.fever.label = "x"\n', "source"),
+        ('[programs.copd]\nsource = "x"\n', "version"),
+        ("version = ", "cannot read"),
+    ],
+)
+def test_a_bad_template_file_is_refused_with_the_reason(
+    defaults: RuleSet, tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "templates.toml"
+    path.write_text(text)
+    with pytest.raises(ThresholdSetError, match=message):
+        load_program_templates(defaults, path)
