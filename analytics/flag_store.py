@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
@@ -569,7 +569,8 @@ _FLAG_SELECT: Final = (
     " f.title, f.direction, f.loinc, f.severity, f.status, f.opened_at, f.last_breach_at,"
     " f.breach_count, f.first_value, f.last_value, f.worst_value, f.threshold,"
     " f.rules_version, f.acknowledged_at, f.acknowledged_by, f.resolved_at, f.resolved_by,"
-    " f.resolution_note, f.assignee, f.late, f.severity_since, s.until AS snoozed_until"
+    " f.resolution_note, f.assignee, f.late, f.severity_since, s.until AS snoozed_until,"
+    " p.program"
     " FROM flags f JOIN patients p ON p.patient_id = f.patient_id"
     " LEFT JOIN active_snoozes s"
     "  ON (s.patient_id, s.rule_id, s.direction) = (f.patient_id, f.rule_id, f.direction)"
@@ -587,40 +588,67 @@ def list_flags(
     *,
     statuses: Sequence[str] = ACTIVE_STATUSES,
     patient_id: str | None = None,
+    patient_ids: Collection[str] | None = None,
     assignee: str | None = None,
+    severities: Sequence[str] | None = None,
+    rule_id: str | None = None,
+    program: str | None = None,
+    team_id: str | None = None,
     include_snoozed: bool = False,
     limit: int = 500,
 ) -> list[dict[str, Any]]:
     """Flags in triage order: most severe first, then oldest ``opened_at`` first.
 
-    Each flag is a dict of its columns plus ``patient_name``, ``unit`` (of ``loinc``) and
-    ``snoozed_until``. Snoozed flags are left out unless ``include_snoozed``.
+    Each flag is a dict of its columns plus ``patient_name``, ``program``, ``unit`` (of
+    ``loinc``) and ``snoozed_until``. Snoozed flags are left out unless ``include_snoozed``.
+    ``patient_ids`` limits the list to those patients (a user's care teams'); the other
+    filters are the triage queue's.
     """
     if isinstance(statuses, str):
         statuses = (statuses,)
     unknown = sorted(set(statuses) - set(FLAG_STATUSES))
     if unknown:
         raise ValueError(f"unknown flag status(es) {', '.join(unknown)}")
+    if severities is not None and set(severities) - set(SEVERITIES):
+        raise ValueError(f"unknown severity in {', '.join(severities)}")
     if not 1 <= limit <= MAX_LIST_LIMIT:
         raise ValueError(f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}")
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            _FLAG_SELECT + " WHERE f.status = ANY(%(statuses)s::text[])"
+            _FLAG_SELECT  # noqa: S608 - constant SQL; every value is a parameter
+            + " WHERE f.status = ANY(%(statuses)s::text[])"
             " AND (%(patient_id)s::text IS NULL OR f.patient_id = %(patient_id)s::text)"
+            " AND (%(ids)s::text[] IS NULL OR f.patient_id = ANY(%(ids)s::text[]))"
             " AND (%(assignee)s::text IS NULL OR f.assignee = %(assignee)s::text)"
+            " AND (%(severities)s::text[] IS NULL OR f.severity = ANY(%(severities)s::text[]))"
+            " AND (%(rule_id)s::text IS NULL OR f.rule_id = %(rule_id)s::text)"
+            " AND (%(program)s::text IS NULL OR p.program = %(program)s::text)"
+            " AND (%(team_id)s::text IS NULL OR EXISTS (SELECT 1 FROM team_patients tp"
+            "      WHERE tp.team_id = %(team_id)s::text AND tp.patient_id = f.patient_id))"
             " AND (%(include_snoozed)s OR s.until IS NULL)"
-            " ORDER BY array_position(%(severities)s::text[], f.severity), f.opened_at, f.flag_id"
+            " ORDER BY array_position(%(order)s::text[], f.severity), f.opened_at, f.flag_id"
             " LIMIT %(limit)s",
             {
                 "statuses": list(statuses),
                 "patient_id": patient_id,
+                "ids": sorted(patient_ids) if patient_ids is not None else None,
                 "assignee": assignee,
+                "severities": list(severities) if severities is not None else None,
+                "rule_id": rule_id,
+                "program": program,
+                "team_id": team_id,
                 "include_snoozed": include_snoozed,
-                "severities": list(SEVERITIES),
+                "order": list(SEVERITIES),
                 "limit": limit,
             },
         ).fetchall()
     return [_with_unit(row) for row in rows]
+
+
+def flag_patient(conn: psycopg.Connection[Any], *, flag_id: int) -> str | None:
+    """Whose flag it is; None when there is no such flag."""
+    row = conn.execute("SELECT patient_id FROM flags WHERE flag_id = %s", (flag_id,)).fetchone()
+    return row[0] if row else None
 
 
 def get_flag(conn: psycopg.Connection[Any], *, flag_id: int) -> dict[str, Any] | None:
@@ -647,14 +675,20 @@ def get_flag(conn: psycopg.Connection[Any], *, flag_id: int) -> dict[str, Any] |
     return _with_unit(flag)
 
 
-def counts_by_severity(conn: psycopg.Connection[Any]) -> dict[str, int]:
+def counts_by_severity(
+    conn: psycopg.Connection[Any], *, patient_ids: Collection[str] | None = None
+) -> dict[str, int]:
     """Open and acknowledged flags per severity, every severity present (most severe first);
-    snoozed ones are not counted (the triage queue does not show them)."""
+    snoozed ones are not counted (the triage queue does not show them). ``patient_ids``
+    limits the count to those patients."""
     counts = dict.fromkeys(SEVERITIES, 0)
     rows = conn.execute(
         "SELECT f.severity, count(*) FROM flags f LEFT JOIN active_snoozes s"
         " ON (s.patient_id, s.rule_id, s.direction) = (f.patient_id, f.rule_id, f.direction)"
-        " WHERE f.status <> 'resolved' AND s.until IS NULL GROUP BY f.severity"
+        " WHERE f.status <> 'resolved' AND s.until IS NULL"
+        " AND (%(ids)s::text[] IS NULL OR f.patient_id = ANY(%(ids)s::text[]))"
+        " GROUP BY f.severity",
+        {"ids": sorted(patient_ids) if patient_ids is not None else None},
     ).fetchall()
     for severity, count in rows:
         counts[severity] = count

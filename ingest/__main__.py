@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -66,7 +70,87 @@ def enroll_demo(args: argparse.Namespace) -> int:
                 for p in population
             ],
         )
+        if args.logins_file:
+            _demo_accounts(conn, [p.patient_id for p in population], args.logins_file)
     print(f"enrolled gateway {args.gateway} with {len(population)} simulated patients")
+    return 0
+
+
+#: The demo's care team and accounts (role per user name); passwords are new on every run.
+DEMO_TEAM = "demo-team"
+DEMO_USERS = {"demo.clinician": "clinician", "demo.nurse": "nurse", "demo.lead": "lead"}
+
+
+def _demo_accounts(conn: psycopg.Connection, patient_ids: list[str], logins_file: str) -> None:
+    """A care team with the demo's patients and one account per role; their passwords go
+    to ``logins_file`` (0600), never to the console or a log."""
+    import secrets
+    from pathlib import Path
+
+    from ingest import accounts
+
+    if conn.execute("SELECT 1 FROM care_teams WHERE team_id = %s", (DEMO_TEAM,)).fetchone() is None:
+        accounts.create_team(conn, team_id=DEMO_TEAM, name="Demo care team")
+    accounts.add_patients(conn, team_id=DEMO_TEAM, patient_ids=patient_ids)
+    lines = []
+    for username, role in DEMO_USERS.items():
+        password = secrets.token_urlsafe(12)
+        if not accounts.set_password(conn, username=username, password=password):
+            accounts.create_user(
+                conn,
+                username=username,
+                display_name=username.replace(".", " ").title(),
+                role=role,
+                password=password,
+                created_by="make demo",
+            )
+        lines.append(f"{username} ({role}): {password}")
+    accounts.add_members(conn, team_id=DEMO_TEAM, usernames=list(DEMO_USERS))
+    path = Path(logins_file)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _new_password(env_name: str) -> str:
+    """From ``env_name`` when set (automation), else asked twice on the terminal."""
+    import getpass
+    import os
+
+    given = os.environ.get(env_name)
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        sys.exit(f"ingest: no terminal to ask for the password: set {env_name}")
+    first = getpass.getpass("password (at least 12 characters): ")
+    if getpass.getpass("again: ") != first:
+        sys.exit("ingest: the two passwords differ; nothing was created")
+    return first
+
+
+def create_admin(args: argparse.Namespace) -> int:
+    """The first admin account (also any later one), from the command line."""
+    import psycopg
+
+    from ingest import accounts, db
+
+    settings = _settings()
+    db.wait_for_database(settings.database_url, settings.db_wait_seconds)
+    db.migrate(settings.database_url)
+    password = _new_password("CAREWATCH_ADMIN_PASSWORD")
+    with psycopg.connect(settings.database_url) as conn:
+        try:
+            accounts.create_user(
+                conn,
+                username=args.username,
+                display_name=args.display_name or args.username,
+                role="admin",
+                password=password,
+                created_by="python -m ingest create-admin",
+            )
+        except accounts.AccountError as exc:
+            sys.exit(f"ingest: {exc}")
+    print(f"created admin {args.username!r}; log in to the workspace with it")
     return 0
 
 
@@ -83,7 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     p_enroll.add_argument("--gateway", required=True)
     p_enroll.add_argument("--patients", type=int, default=20)
     p_enroll.add_argument("--seed", type=int, default=7)
+    p_enroll.add_argument(
+        "--logins-file", help="also create demo accounts; their passwords go to this file"
+    )
     p_enroll.set_defaults(func=enroll_demo)
+    p_admin = sub.add_parser(
+        "create-admin",
+        help="create an admin account (password from CAREWATCH_ADMIN_PASSWORD or asked)",
+    )
+    p_admin.add_argument("--username", required=True)
+    p_admin.add_argument("--display-name")
+    p_admin.set_defaults(func=create_admin)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -172,8 +172,20 @@ def refresh_rollups(
 
 
 def make_pool(
-    url: str, *, min_size: int = 1, max_size: int = 4, name: str = "carewatch"
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 4,
+    name: str = "carewatch",
+    role: str | None = None,
 ) -> ConnectionPool:
+    """A pool; with ``role``, every connection works as that database role (``SET ROLE``):
+    the API's is ``carewatch_app``, which can only append to the audit log."""
+
+    def configure(conn: psycopg.Connection) -> None:
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))  # type: ignore[arg-type]
+        conn.commit()
+
     return ConnectionPool(
         url,
         min_size=min_size,
@@ -189,4 +201,5 @@ def make_pool(
         # workspace kept asking, the API stayed down for another 40 s. Giving up after 5 s
         # ends each chain; the next request then tries at once (tests/faults: within 10 s).
         reconnect_timeout=5.0,
+        configure=configure if role else None,
     )

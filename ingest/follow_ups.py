@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -164,14 +164,22 @@ def list_follow_ups(
     *,
     statuses: Sequence[FollowUpStatus] = FOLLOW_UP_STATUSES,
     patient_id: str | None = None,
+    patient_ids: Collection[str] | None = None,
     limit: int = 500,
 ) -> list[dict[str, Any]]:
-    """Requests in these statuses, newest first (as they reached the care team)."""
+    """Requests in these statuses, newest first (as they reached the care team); of
+    ``patient_ids`` only, when given (a user's care teams' patients)."""
     rows = conn.execute(
         _SELECT + " WHERE f.status = ANY(%(statuses)s)"
         " AND (%(patient)s::text IS NULL OR f.patient_id = %(patient)s)"
+        " AND (%(ids)s::text[] IS NULL OR f.patient_id = ANY(%(ids)s::text[]))"
         " ORDER BY f.received_at DESC, f.requested_at DESC, f.request_id LIMIT %(limit)s",
-        {"statuses": list(statuses), "patient": patient_id, "limit": limit},
+        {
+            "statuses": list(statuses),
+            "patient": patient_id,
+            "ids": sorted(patient_ids) if patient_ids is not None else None,
+            "limit": limit,
+        },
     ).fetchall()
     return [_as_dict(row) for row in rows]
 

@@ -47,6 +47,18 @@ class IngestSettings(BaseSettings):
     # TimescaleDB's continuous aggregates refresh by their own policies.
     rollup_interval_s: float = Field(60.0, gt=0, alias="INGEST_ROLLUP_INTERVAL_S")
     api_token: SecretStr = Field(SecretStr(DEVELOPMENT_API_TOKEN), alias="CAREWATCH_API_TOKEN")
+    # The database role the API works as (migration 0009 creates it): it can read and write
+    # the application's tables but only append to the audit log. The connecting user must be
+    # that role or a member of it.
+    api_db_role: str = Field("carewatch_app", alias="CAREWATCH_API_DB_ROLE")
+    # Workspace sessions: a token ends after this long unused, and at the latest after
+    # api_session_max_hours.
+    api_session_idle_minutes: float = Field(30.0, gt=0, alias="CAREWATCH_SESSION_IDLE_MINUTES")
+    api_session_max_hours: float = Field(12.0, gt=0, alias="CAREWATCH_SESSION_MAX_HOURS")
+    # Failed logins allowed in login_window_minutes, per user name and per client address.
+    login_failures_per_username: int = Field(5, ge=1, alias="CAREWATCH_LOGIN_FAILURES_PER_USER")
+    login_failures_per_client: int = Field(20, ge=1, alias="CAREWATCH_LOGIN_FAILURES_PER_CLIENT")
+    login_window_minutes: float = Field(15.0, gt=0, alias="CAREWATCH_LOGIN_WINDOW_MINUTES")
     db_wait_seconds: float = Field(30.0, alias="INGEST_DB_WAIT_SECONDS")
     rules_file: str | None = Field(None, alias="RULES_FILE")
     # Fault injection for the fault tests only (refused outside CAREWATCH_ENV=test):

@@ -94,7 +94,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
             "TRUNCATE readings, reading_ids, quarantine, flag_events, flag_readings,"
             " flag_escalations, flag_snoozes, flags, threshold_versions,"
             " rules_watermark, devices, gateway_patients, gateways, patients, follow_up_requests,"
-            " inbox_receipts"
+            " inbox_receipts, team_patients, team_members, care_teams, api_sessions,"
+            " login_attempts, users"
         )
         conn.commit()
         yield conn

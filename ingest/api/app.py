@@ -19,6 +19,9 @@ from analytics.threshold_sets import load_program_templates
 from analytics.threshold_store import seed_program_templates
 from ingest import db
 from ingest.api.routes import (
+    accounts,
+    auth,
+    fhir,
     flags,
     follow_ups,
     health,
@@ -54,7 +57,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         if seeded:
             log.info("program templates stored as first versions: %s", ", ".join(seeded))
         app.state.counters = IngestCounters()
-        app.state.pool = db.make_pool(settings.database_url, name="ingest-api")
+        app.state.pool = db.make_pool(
+            settings.database_url, name="ingest-api", role=settings.api_db_role
+        )
         app.state.consumer = None
         if settings.consume:
             app.state.consumer = ReadingConsumer(settings, app.state.counters)
@@ -77,8 +82,11 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(health.router)
+    app.include_router(auth.router)
+    app.include_router(accounts.router)
     app.include_router(patients.router)
     app.include_router(flags.router)
+    app.include_router(fhir.router)
     app.include_router(follow_ups.router)
     app.include_router(operations.router)
     app.include_router(rules.router)

@@ -89,7 +89,8 @@ def test_a_flag_is_assigned_and_the_queue_filters_by_assignee(
     assert events[-1]["detail"] == {"from": None, "to": "nurse.kim"}
     assert client.post("/api/v1/flags/999999/assign", json={"assignee": None}).status_code == 404
     audit = db.execute(
-        "SELECT outcome FROM audit_log WHERE action = 'write.flag.assign' ORDER BY audit_id"
+        "SELECT outcome FROM audit_log WHERE action = 'write.flag.assign'"
+        " AND actor = 'nurse.kim' ORDER BY audit_id"
     ).fetchall()
     assert audit == [("ok",), ("not_found",)]
 

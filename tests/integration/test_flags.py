@@ -157,6 +157,7 @@ def test_breaches_of_one_rule_share_one_open_flag(
         "assignee": None,
         "late": False,
         "snoozed_until": None,
+        "program": "general",
     }
     assert flag["threshold"] == {
         "metric": SPO2,

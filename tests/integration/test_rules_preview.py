@@ -77,6 +77,7 @@ def test_a_stricter_crisis_limit_shows_who_would_be_alerted(
     assert preview["patients_losing_alerts"] == []
     audit = db.execute(
         "SELECT actor, outcome FROM audit_log WHERE action = 'read.rules_preview'"
+        " AND actor = 'lead'"
     ).fetchall()
     assert audit == [("lead", "ok")]
 

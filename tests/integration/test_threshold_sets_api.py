@@ -130,7 +130,7 @@ def test_a_locked_program_value_holds_against_a_patient_override(
     assert allowed.status_code == 201
     outcomes = db.execute(
         "SELECT outcome FROM audit_log WHERE action = 'write.thresholds'"
-        " AND resource LIKE '%%copd' ORDER BY audit_id"
+        " AND resource LIKE '%%copd' AND actor = 'lead.ana' ORDER BY audit_id"
     ).fetchall()
     assert outcomes == [("ok",), ("conflict",), ("ok",)]
 
@@ -149,7 +149,6 @@ def test_a_locked_program_value_holds_against_a_patient_override(
             "finite number",
         ),
         ("program/vegan", {"overrides": {}, "reason": "r"}, "unknown program"),
-        ("patient/nobody", {"overrides": {}, "reason": "r"}, "no patient"),
         ("patient/pt-gen", {"overrides": {}, "reason": "r", "locked": ["fever.x"]}, "locks"),
         ("program/copd", {"overrides": {}, "reason": "r", "locked": ["fever.x"]}, "lock"),
     ],
@@ -160,6 +159,14 @@ def test_a_bad_version_is_refused_with_its_reason(
     answer = client.post(f"/api/v1/thresholds/{path}", json=body)
     assert answer.status_code == 422
     assert message in answer.json()["detail"]
+
+
+def test_thresholds_of_an_unknown_patient_are_not_found(
+    client: httpx.Client, two_patients: None
+) -> None:
+    answer = client.post("/api/v1/thresholds/patient/nobody", json={"overrides": {}, "reason": "r"})
+    assert answer.status_code == 404
+    assert answer.json()["detail"] == "no such patient"
 
 
 def test_a_program_version_that_would_break_a_patients_override_is_refused(

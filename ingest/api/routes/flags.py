@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import psycopg
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
 from analytics import flag_lifecycle, flag_store
-from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.api.deps import (
+    Caller,
+    CallerDep,
+    ConnDep,
+    audited,
+    not_found_unless_visible,
+    require_permission,
+)
 
 router = APIRouter(prefix="/api/v1/flags", tags=["flags"])
 
 FlagStatus = Literal["open", "acknowledged", "resolved"]
+Severity = Literal["critical", "high", "medium", "low", "info"]
 
 
 class FlagNote(BaseModel):
@@ -37,17 +46,27 @@ def list_flags(
     status_: Annotated[list[FlagStatus] | None, Query(alias="status")] = None,
     patient_id: Annotated[str | None, Query(max_length=64)] = None,
     assignee: Annotated[str | None, Query(max_length=64)] = None,
+    severity: Annotated[list[Severity] | None, Query()] = None,
+    rule_id: Annotated[str | None, Query(max_length=100)] = None,
+    program: Annotated[str | None, Query(max_length=32)] = None,
+    team_id: Annotated[str | None, Query(max_length=64)] = None,
     include_snoozed: bool = False,
     limit: Annotated[int, Query(ge=1, le=2000)] = 500,
 ) -> list[dict[str, Any]]:
-    """Flags by severity (critical first), then age (oldest first). Default: not resolved,
-    not snoozed."""
+    """The caller's patients' flags by severity (critical first), then age (oldest first).
+    Default: not resolved, not snoozed. Filters: status, patient, assignee, severity, rule,
+    program, care team."""
     statuses = tuple(status_) if status_ else ("open", "acknowledged")
     flags = flag_store.list_flags(
         conn,
         statuses=statuses,
         patient_id=patient_id,
+        patient_ids=caller.patient_ids,
         assignee=assignee,
+        severities=severity,
+        rule_id=rule_id,
+        program=program,
+        team_id=team_id,
         include_snoozed=include_snoozed,
         limit=limit,
     )
@@ -58,13 +77,14 @@ def list_flags(
 
 @router.get("/counts")
 def counts(conn: ConnDep, caller: CallerDep) -> dict[str, int]:
-    """Open and acknowledged flags per severity."""
-    return flag_store.counts_by_severity(conn)
+    """The caller's patients' open and acknowledged flags per severity."""
+    return flag_store.counts_by_severity(conn, patient_ids=caller.patient_ids)
 
 
 @router.get("/{flag_id}")
 def get_flag(flag_id: int, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
     """One flag with the readings that raised it and its history."""
+    _visible_flag(conn, caller, flag_id, action="read.flag")
     flag = flag_store.get_flag(conn, flag_id=flag_id)
     outcome = "ok" if flag else "not_found"
     audited(conn, caller, action="read.flag", resource=f"flag/{flag_id}", outcome=outcome)
@@ -79,6 +99,7 @@ def acknowledge(
     flag_id: int, conn: ConnDep, caller: CallerDep, body: FlagNote | None = None
 ) -> dict[str, Any]:
     """Mark a flag as seen by the caller. Acknowledging twice is harmless."""
+    _visible_flag(conn, caller, flag_id, action="write.flag.acknowledge", permission="triage")
     try:
         flag = flag_store.acknowledge_flag(
             conn, flag_id=flag_id, actor=caller.user, note=body.note if body else None
@@ -108,6 +129,7 @@ def resolve(flag_id: int, body: Resolution, conn: ConnDep, caller: CallerDep) ->
     """Close a flag with a note saying why. Resolving twice is harmless; a new breach
     afterwards opens a new flag."""
     resource = f"flag/{flag_id}"
+    _visible_flag(conn, caller, flag_id, action="write.flag.resolve", permission="triage")
     flag = flag_store.resolve_flag(conn, flag_id=flag_id, actor=caller.user, note=body.note)
     outcome = "ok" if flag else "not_found"
     audited(conn, caller, action="write.flag.resolve", resource=resource, outcome=outcome)
@@ -120,6 +142,7 @@ def resolve(flag_id: int, body: Resolution, conn: ConnDep, caller: CallerDep) ->
 @router.post("/{flag_id}/assign")
 def assign(flag_id: int, body: Assignment, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
     """Give the flag to someone (or to nobody)."""
+    _visible_flag(conn, caller, flag_id, action="write.flag.assign", permission="triage")
     flag = flag_lifecycle.assign_flag(
         conn, flag_id=flag_id, assignee=body.assignee, actor=caller.user
     )
@@ -129,3 +152,21 @@ def assign(flag_id: int, body: Assignment, conn: ConnDep, caller: CallerDep) -> 
         conn.commit()
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such flag")
     return flag
+
+
+def _visible_flag(
+    conn: psycopg.Connection,
+    caller: Caller,
+    flag_id: int,
+    *,
+    action: str,
+    permission: str | None = None,
+) -> None:
+    """403 without the permission; 404 (audited) for no such flag or another team's."""
+    resource = f"flag/{flag_id}"
+    if permission is not None:
+        require_permission(conn, caller, permission, action=action, resource=resource)
+    patient_id = flag_store.flag_patient(conn, flag_id=flag_id)
+    not_found_unless_visible(
+        conn, caller, patient_id, action=action, resource=resource, what="flag"
+    )

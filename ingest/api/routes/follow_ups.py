@@ -14,7 +14,13 @@ from pydantic import BaseModel, Field
 
 from carewatch_contract.messages import FollowUpKind
 from ingest import follow_ups
-from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.api.deps import (
+    CallerDep,
+    ConnDep,
+    audited,
+    not_found_unless_visible,
+    require_permission,
+)
 
 router = APIRouter(prefix="/api/v1/follow-ups", tags=["follow-ups"])
 
@@ -57,7 +63,13 @@ def list_follow_ups(
 ) -> list[FollowUp]:
     """Follow-up requests, newest first (by when they reached the care team). Default: open."""
     statuses = follow_ups.FOLLOW_UP_STATUSES if status_ == "all" else (status_,)
-    rows = follow_ups.list_follow_ups(conn, statuses=statuses, patient_id=patient_id, limit=limit)
+    rows = follow_ups.list_follow_ups(
+        conn,
+        statuses=statuses,
+        patient_id=patient_id,
+        patient_ids=caller.patient_ids,
+        limit=limit,
+    )
     resource = f"patient/{patient_id}/follow-ups" if patient_id else "follow-ups"
     audited(conn, caller, action="read.follow_ups", resource=resource, outcome="ok")
     return [FollowUp(**row) for row in rows]
@@ -70,6 +82,17 @@ def close(
     """Mark a request done (the patient was called back), by the caller, with an optional
     note. 404 for an unknown request; 409 when it is done already."""
     resource = f"follow-up/{request_id}"
+    action = "write.follow_up.close"
+    require_permission(conn, caller, "follow_up", action=action, resource=resource)
+    found = follow_ups.get_follow_up(conn, str(request_id))
+    not_found_unless_visible(
+        conn,
+        caller,
+        found["patient_id"] if found else None,
+        action=action,
+        resource=resource,
+        what="follow-up request",
+    )
     note = (body.note or "").strip() if body else ""
     try:
         row = follow_ups.close_follow_up(

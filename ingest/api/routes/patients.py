@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query
 
-from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.api.deps import CallerDep, ConnDep, audited, require_patient
 from ingest.readings import patient_readings
 from ingest.rollups import Bucket, patient_summary
 
@@ -16,7 +16,8 @@ router = APIRouter(prefix="/api/v1/patients", tags=["patients"])
 
 @router.get("")
 def list_patients(conn: ConnDep, caller: CallerDep) -> list[dict[str, Any]]:
-    """Every patient with their latest reading time and open flags."""
+    """The caller's patients with their latest reading time and open flags."""
+    visible = sorted(caller.patient_ids) if caller.patient_ids is not None else None
     rows = conn.execute(
         "SELECT p.patient_id, p.display_name, p.program, p.spo2_scale,"
         " (SELECT max(d.last_reading_at) FROM devices d WHERE d.patient_id = p.patient_id),"
@@ -24,7 +25,9 @@ def list_patients(conn: ConnDep, caller: CallerDep) -> list[dict[str, Any]]:
         "  AND f.status <> 'resolved'),"
         " (SELECT string_agg(DISTINCT gp.gateway_id, ',') FROM gateway_patients gp"
         "  WHERE gp.patient_id = p.patient_id)"
-        " FROM patients p ORDER BY p.display_name, p.patient_id"
+        " FROM patients p WHERE (%s::text[] IS NULL OR p.patient_id = ANY(%s::text[]))"
+        " ORDER BY p.display_name, p.patient_id",
+        (visible, visible),
     ).fetchall()
     audited(conn, caller, action="read.patients", resource="patients", outcome="ok")
     return [
@@ -44,16 +47,8 @@ def list_patients(conn: ConnDep, caller: CallerDep) -> list[dict[str, Any]]:
 @router.get("/{patient_id}")
 def get_patient(patient_id: str, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
     """One patient with their devices and gateways."""
-    row = conn.execute(
-        "SELECT patient_id, display_name, program, spo2_scale, birth_date, phone"
-        " FROM patients WHERE patient_id = %s",
-        (patient_id,),
-    ).fetchone()
     resource = f"patient/{patient_id}"
-    if row is None:
-        audited(conn, caller, action="read.patient", resource=resource, outcome="not_found")
-        conn.commit()
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
+    row = require_patient(conn, caller, patient_id, action="read.patient", resource=resource)
     devices = conn.execute(
         "SELECT d.device_id, d.device_type, d.gateway_id, d.last_reading_at, d.battery_percent,"
         " g.state, g.last_seen_at FROM devices d JOIN gateways g USING (gateway_id)"
@@ -62,12 +57,7 @@ def get_patient(patient_id: str, conn: ConnDep, caller: CallerDep) -> dict[str, 
     ).fetchall()
     audited(conn, caller, action="read.patient", resource=resource, outcome="ok")
     return {
-        "patient_id": row[0],
-        "display_name": row[1],
-        "program": row[2],
-        "spo2_scale": row[3],
-        "birth_date": row[4],
-        "phone": row[5],
+        **row,
         "devices": [
             {
                 "device_id": d[0],
@@ -93,11 +83,7 @@ def get_readings(
 ) -> list[dict[str, Any]]:
     """The patient's readings over the last ``days`` days, oldest first."""
     resource = f"patient/{patient_id}/readings"
-    exists = conn.execute("SELECT 1 FROM patients WHERE patient_id = %s", (patient_id,)).fetchone()
-    if exists is None:
-        audited(conn, caller, action="read.readings", resource=resource, outcome="not_found")
-        conn.commit()
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
+    require_patient(conn, caller, patient_id, action="read.readings", resource=resource)
     since = datetime.now(UTC) - timedelta(days=days)
     rows = patient_readings(conn, patient_id=patient_id, since=since, loinc=loinc)
     audited(conn, caller, action="read.readings", resource=resource, outcome="ok")
@@ -122,13 +108,7 @@ def get_readings_summary(
     bucket holding ``since`` (default: 7 days ago for hours, 90 for days), by metric then time.
     Read from the rollups (``readings_hourly`` / ``readings_daily``) on either storage."""
     resource = f"patient/{patient_id}/readings/summary"
-    exists = conn.execute("SELECT 1 FROM patients WHERE patient_id = %s", (patient_id,)).fetchone()
-    if exists is None:
-        audited(
-            conn, caller, action="read.readings.summary", resource=resource, outcome="not_found"
-        )
-        conn.commit()
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
+    require_patient(conn, caller, patient_id, action="read.readings.summary", resource=resource)
     if since is None:
         since = datetime.now(UTC) - SUMMARY_DEFAULT_SPAN[bucket]
     rows = patient_summary(conn, patient_id=patient_id, bucket=bucket, since=since, loinc=loinc)

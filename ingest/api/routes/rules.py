@@ -23,8 +23,8 @@ from analytics import threshold_store
 from analytics.backtest import RulesInForce, compare, history_from_database
 from analytics.rules import RulesConfigError, RuleSet, rules_from_mapping
 from analytics.threshold_sets import ThresholdSetError
-from ingest.api.deps import CallerDep, ConnDep, audited
-from ingest.api.routes.thresholds import MAX_OVERRIDDEN_RULES
+from ingest.api.deps import Caller, CallerDep, ConnDep, audited, require_permission
+from ingest.api.routes.thresholds import MAX_OVERRIDDEN_RULES, may_change
 
 router = APIRouter(prefix="/api/v1/rules", tags=["rules"])
 
@@ -64,21 +64,26 @@ class _Trial:
 
 
 def _whole_file(
-    body: Preview, conn: psycopg.Connection, defaults: RuleSet, since: datetime
+    body: Preview, conn: psycopg.Connection, defaults: RuleSet, since: datetime, caller: Caller
 ) -> _Trial:
     assert body.rules_toml is not None
     proposed = rules_from_mapping(tomllib.loads(body.rules_toml), source="proposal")
-    readings, patients = history_from_database(conn, since=since)
+    ids = sorted(caller.patient_ids) if caller.patient_ids is not None else None
+    readings, patients = history_from_database(conn, since=since, patient_ids=ids)
     return _Trial(defaults, proposed, readings, patients, (defaults.version, proposed.version))
 
 
 def _one_scope(
-    body: Preview, conn: psycopg.Connection, defaults: RuleSet, since: datetime
+    body: Preview, conn: psycopg.Connection, defaults: RuleSet, since: datetime, caller: Caller
 ) -> _Trial:
     scope, scope_id, overrides = body.scope, body.scope_id, body.overrides
     assert scope is not None and scope_id is not None and overrides is not None
     draft = threshold_store.proposal(defaults, scope=scope, scope_id=scope_id, overrides=overrides)
-    ids = threshold_store.patients_in_scope(conn, scope=scope, scope_id=scope_id)
+    ids = [
+        patient_id
+        for patient_id in threshold_store.patients_in_scope(conn, scope=scope, scope_id=scope_id)
+        if caller.sees(patient_id)
+    ]
     if scope == "patient" and not ids:
         raise ThresholdSetError(f"no patient {scope_id!r}")
     current = threshold_store.rules_for_patients(conn, defaults, ids)
@@ -90,12 +95,18 @@ def _one_scope(
 
 @router.post("/preview")
 def preview(body: Preview, request: Request, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
-    """Alerts per patient-week now and with the proposal over the last ``days`` days."""
+    """Alerts per patient-week now and with the proposal over the last ``days`` days, over
+    the caller's patients (a lead sees the effect on their care teams' patients)."""
     now = datetime.now(UTC)
     since = now - timedelta(days=body.days)
+    action = "read.rules_preview"
+    if body.scope is not None and body.scope_id is not None:
+        may_change(conn, caller, body.scope, body.scope_id, action=action)
+    else:
+        require_permission(conn, caller, "program_thresholds", action=action, resource="rules")
     trial = _whole_file if body.rules_toml is not None else _one_scope
     try:
-        t = trial(body, conn, request.app.state.rules, since)
+        t = trial(body, conn, request.app.state.rules, since, caller)
     except (tomllib.TOMLDecodeError, RulesConfigError, ThresholdSetError) as exc:
         audited(conn, caller, action="read.rules_preview", resource="readings", outcome="invalid")
         conn.commit()

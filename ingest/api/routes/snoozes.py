@@ -9,7 +9,14 @@ from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
 from analytics import flag_lifecycle
-from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.api.deps import (
+    CallerDep,
+    ConnDep,
+    audited,
+    not_found_unless_visible,
+    require_patient,
+    require_permission,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["snoozes"])
 
@@ -29,11 +36,8 @@ def create(
 ) -> dict[str, Any]:
     """Snooze the patient's flags of one rule and direction for ``minutes``."""
     resource = f"patient/{patient_id}/snoozes"
-    known = conn.execute("SELECT 1 FROM patients WHERE patient_id = %s", (patient_id,)).fetchone()
-    if known is None:
-        audited(conn, caller, action="write.snooze", resource=resource, outcome="not_found")
-        conn.commit()
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such patient")
+    require_permission(conn, caller, "triage", action="write.snooze", resource=resource)
+    require_patient(conn, caller, patient_id, action="write.snooze", resource=resource)
     now = datetime.now(UTC)
     try:
         request.app.state.rules.rule(body.rule_id)
@@ -66,6 +70,7 @@ def create(
 def active(patient_id: PatientId, conn: ConnDep, caller: CallerDep) -> list[dict[str, Any]]:
     """The patient's snoozes in force."""
     resource = f"patient/{patient_id}/snoozes"
+    require_patient(conn, caller, patient_id, action="read.snoozes", resource=resource)
     audited(conn, caller, action="read.snoozes", resource=resource, outcome="ok")
     return flag_lifecycle.active_snoozes(conn, patient_id=patient_id)
 
@@ -73,6 +78,15 @@ def active(patient_id: PatientId, conn: ConnDep, caller: CallerDep) -> list[dict
 @router.post("/snoozes/{snooze_id}/cancel")
 def cancel(snooze_id: int, conn: ConnDep, caller: CallerDep) -> dict[str, Any]:
     """End a snooze now (the flags it hid come back to the queue)."""
+    resource = f"snooze/{snooze_id}"
+    action = "write.snooze.cancel"
+    require_permission(conn, caller, "triage", action=action, resource=resource)
+    owner = conn.execute(
+        "SELECT patient_id FROM flag_snoozes WHERE snooze_id = %s", (snooze_id,)
+    ).fetchone()
+    not_found_unless_visible(
+        conn, caller, owner[0] if owner else None, action=action, resource=resource, what="snooze"
+    )
     snooze = flag_lifecycle.cancel_snooze(conn, snooze_id=snooze_id, actor=caller.user)
     outcome = "ok" if snooze else "not_found"
     audited(

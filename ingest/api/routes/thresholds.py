@@ -9,12 +9,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import psycopg
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from pydantic import BaseModel, Field
 
 from analytics import threshold_store
 from analytics.threshold_sets import ThresholdSetError, ThresholdVersion
-from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.api.deps import (
+    Caller,
+    CallerDep,
+    ConnDep,
+    audited,
+    require_patient,
+    require_permission,
+)
 
 router = APIRouter(prefix="/api/v1/thresholds", tags=["thresholds"])
 
@@ -54,6 +62,9 @@ def versions(
     scope: ScopeName, scope_id: ScopeId, conn: ConnDep, caller: CallerDep
 ) -> dict[str, Any]:
     """The version in force (null: the defaults apply) and every earlier one."""
+    if scope == "patient":
+        resource = f"patient/{scope_id}"
+        require_patient(conn, caller, scope_id, action="read.thresholds", resource=resource)
     audited(conn, caller, action="read.thresholds", resource=f"{scope}/{scope_id}", outcome="ok")
     every = threshold_store.history(conn, scope=scope, scope_id=scope_id)
     return {
@@ -71,8 +82,10 @@ def save(
     conn: ConnDep,
     caller: CallerDep,
 ) -> dict[str, Any]:
-    """A new version of the overrides, in force from now."""
+    """A new version of the overrides, in force from now. A program's: care-team leads and
+    admins; a patient's: also their clinicians."""
     resource = f"{scope}/{scope_id}"
+    may_change(conn, caller, scope, scope_id, action="write.thresholds")
     try:
         version = threshold_store.save_version(
             conn,
@@ -94,3 +107,16 @@ def save(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     audited(conn, caller, action="write.thresholds", resource=resource, outcome="ok")
     return _as_json(version)
+
+
+def may_change(
+    conn: psycopg.Connection, caller: Caller, scope: str, scope_id: str, *, action: str
+) -> None:
+    """403 unless the caller's role may change this scope's thresholds; 404 for a patient
+    who is not theirs."""
+    resource = f"{scope}/{scope_id}"
+    if scope == "program":
+        require_permission(conn, caller, "program_thresholds", action=action, resource=resource)
+    else:
+        require_permission(conn, caller, "patient_thresholds", action=action, resource=resource)
+        require_patient(conn, caller, scope_id, action=action, resource=resource)
