@@ -1,9 +1,11 @@
 """The CareWatch HTTP API as the workspace uses it: one method per call, errors that say what to do.
 
 No Streamlit here: the pages call :class:`CareWatchApi` and show :class:`ApiError` messages as
-they are. Every request carries ``Authorization: Bearer <CAREWATCH_API_TOKEN>`` and
-``X-CareWatch-User: <clinician>`` (the API audits every read and write under that name). The
-token is never logged, shown, or put into an error message.
+they are. The workspace logs its user in (:func:`log_in`) and sends their session token as
+``Authorization: Bearer``; the API audits every read and write under their name and shows them
+only their care teams' patients. Integrations may use the service token
+(``CAREWATCH_API_TOKEN``, :meth:`CareWatchApi.from_env`) with ``X-CareWatch-User``. No token
+is ever logged, shown, or put into an error message.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from types import TracebackType
@@ -113,8 +116,58 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+@dataclass(frozen=True)
+class WorkspaceSession:
+    """A logged-in user of the workspace: their session token and who they are."""
+
+    token: str = field(repr=False)
+    username: str
+    display_name: str
+    role: str
+    teams: tuple[str, ...]
+    idle_timeout_s: int
+
+
+def api_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get(ENV_API_URL, "").strip() or DEFAULT_API_URL
+
+
+def log_in(
+    base_url: str, username: str, password: str, *, timeout_s: float = REQUEST_TIMEOUT_S
+) -> WorkspaceSession:
+    """Log a user in; :class:`ApiAuthError` with what to do when refused."""
+    if not username.strip() or not password:
+        raise ApiAuthError("enter your user name and password")
+    with CareWatchApi(base_url, None, timeout_s=timeout_s) as anonymous:
+        answer = anonymous._request(
+            "POST",
+            f"{API_PREFIX}/auth/login",
+            json={"username": username.strip(), "password": password},
+            accept_statuses=(401, 429),
+            with_status=True,
+        )
+    status, body = answer
+    if status == httpx.codes.UNAUTHORIZED:
+        raise ApiAuthError(
+            "wrong user name or password, or the account is not active", status_code=status
+        )
+    if status == httpx.codes.TOO_MANY_REQUESTS:
+        raise ApiAuthError(
+            f"too many failed logins: {body.get('detail', 'try again later')}", status_code=status
+        )
+    return WorkspaceSession(
+        token=body["token"],
+        username=body["username"],
+        display_name=body["display_name"],
+        role=body["role"],
+        teams=tuple(body.get("teams") or ()),
+        idle_timeout_s=int(body.get("idle_timeout_s") or 0),
+    )
+
+
 class CareWatchApi:
-    """A client of the CareWatch API acting for one clinician.
+    """A client of the CareWatch API with a session token (or an integration's token).
 
     Holds one ``httpx.Client`` (keep-alive, 10 s timeout); close it with :meth:`close` or use
     the client as a context manager. Cheap to open: the workspace opens one per page run.
@@ -125,9 +178,9 @@ class CareWatchApi:
     def __init__(
         self,
         base_url: str,
-        token: str,
+        token: str | None,
         *,
-        user: str = DEFAULT_USER,
+        user: str | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> None:
         url = base_url.strip().rstrip("/")
@@ -137,9 +190,9 @@ class CareWatchApi:
             raise ApiError(_bad_url_message(url)) from exc
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ApiError(_bad_url_message(url))
-        if not token.strip():
+        if token is not None and not token.strip():
             raise ApiAuthError(_missing_token_message())
-        if not token.strip().isascii() or not token.strip().isprintable():
+        if token is not None and not (token.strip().isascii() and token.strip().isprintable()):
             raise ApiAuthError(
                 "CAREWATCH_API_TOKEN holds characters a token cannot have; copy the ingest "
                 "service's token again"
@@ -147,17 +200,15 @@ class CareWatchApi:
         self.base_url = url
         #: The URL without credentials, for messages and the sidebar.
         self.display_url = str(parsed.copy_with(username=None, password=None))
-        self.user = user_header_value(user)
+        self.user = user_header_value(user) if user is not None else None
         self.timeout_s = timeout_s
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token.strip()}"
+        if self.user is not None:
+            headers[USER_HEADER] = self.user
         self._client = httpx.Client(
-            base_url=url,
-            timeout=timeout_s,
-            verify=_tls_context(),
-            headers={
-                "Authorization": f"Bearer {token.strip()}",
-                USER_HEADER: self.user,
-                "Accept": "application/json",
-            },
+            base_url=url, timeout=timeout_s, verify=_tls_context(), headers=headers
         )
 
     @classmethod
@@ -167,7 +218,7 @@ class CareWatchApi:
         """A client for ``$CAREWATCH_API_URL`` (default http://127.0.0.1:8000) with
         ``$CAREWATCH_API_TOKEN``, acting as ``user`` (default: :func:`user_from_env`)."""
         env = os.environ if environ is None else environ
-        url = env.get(ENV_API_URL, "").strip() or DEFAULT_API_URL
+        url = api_url_from_env(env)
         token = env.get(ENV_API_TOKEN, "").strip()
         if not token:
             raise ApiAuthError(_missing_token_message())
@@ -314,6 +365,10 @@ class CareWatchApi:
         params = {"loinc": loinc} if loinc is not None else None
         return self._get(f"{API_PREFIX}/thresholds", params=params)
 
+    def logout(self) -> None:
+        """End this session on the server (its token stops working)."""
+        self._request("POST", f"{API_PREFIX}/auth/logout")
+
     def ready(self) -> JsonObject:
         """``/readyz``: ``{"ready": bool, "checks": {...}}``, also when the API is not ready."""
         return self._request("GET", "/readyz", accept_statuses=(503,))
@@ -331,6 +386,7 @@ class CareWatchApi:
         params: Any = None,
         json: Any = None,
         accept_statuses: tuple[int, ...] = (),
+        with_status: bool = False,
     ) -> Any:
         try:
             response = self._client.request(method, path, params=params, json=json)
@@ -351,8 +407,11 @@ class CareWatchApi:
             ) from exc
         if not response.is_success and response.status_code not in accept_statuses:
             raise _error_for(response, display_url=self.display_url)
+        if response.status_code == httpx.codes.NO_CONTENT:
+            return (response.status_code, None) if with_status else None
         try:
-            return response.json()
+            body = response.json()
+            return (response.status_code, body) if with_status else body
         except ValueError as exc:
             raise ApiError(
                 f"the server at {self.display_url} answered {method} {path} with something that "
@@ -383,7 +442,7 @@ def _error_for(response: httpx.Response, *, display_url: str) -> ApiError:
     detail = _detail(response)
     if status == httpx.codes.UNAUTHORIZED:
         return ApiAuthError(
-            f"the API refused the token: set {ENV_API_TOKEN} to the ingest service's token",
+            "your session has ended or the token is not valid: log in again",
             status_code=status,
         )
     if status == httpx.codes.FORBIDDEN:

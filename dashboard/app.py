@@ -1,8 +1,9 @@
 """CareWatch clinician workspace: ``streamlit run dashboard/app.py``.
 
-Settings come from the environment: ``CAREWATCH_API_URL`` (default http://127.0.0.1:8000),
-``CAREWATCH_API_TOKEN`` (the ingest service's token; required) and ``CAREWATCH_USER`` (the
-default clinician name in the sidebar). The workspace reads and writes through the API only.
+Settings come from the environment: ``CAREWATCH_API_URL`` (default http://127.0.0.1:8000).
+Users log in with their own account; the workspace reads and writes through the API only,
+with their session token, so every view is authorised (their care teams' patients only) and
+audited under their name.
 """
 
 from __future__ import annotations
@@ -14,20 +15,27 @@ from typing import Final
 
 import streamlit as st
 
-from dashboard import patient_page, triage_page
-from dashboard.api_client import ApiConnector, ApiError, CareWatchApi, user_from_env
+from dashboard import login_page, patient_page, triage_page
+from dashboard.api_client import (
+    ApiAuthError,
+    ApiConnector,
+    ApiError,
+    CareWatchApi,
+    WorkspaceSession,
+    api_url_from_env,
+)
 
-CLINICIAN_KEY: Final = "clinician_name"
+SESSION_ENDED: Final = "Your session has ended: log in again."
 
 # httpx logs every request line at INFO, and the paths name patients: keep them out of logs.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def connector_for(clinician: str) -> ApiConnector:
-    """Opens clients acting for ``clinician`` (one per page run, fragment rerun or callback);
-    raises :class:`ApiError` now when the environment lacks the token or has a bad URL."""
-    CareWatchApi.from_env(user=clinician).close()
-    return functools.partial(CareWatchApi.from_env, user=clinician)
+def connector_for(api_url: str, session: WorkspaceSession) -> ApiConnector:
+    """Opens clients with the user's session token (one per page run, fragment rerun or
+    callback); raises :class:`ApiError` now when the URL is bad."""
+    CareWatchApi(api_url, session.token).close()
+    return functools.partial(CareWatchApi, api_url, session.token)
 
 
 def show_api_status(api: CareWatchApi) -> None:
@@ -35,6 +43,8 @@ def show_api_status(api: CareWatchApi) -> None:
     try:
         readiness = api.ready()
         api.flag_counts()  # the cheapest call that proves the token
+    except ApiAuthError:
+        raise
     except ApiError as exc:
         st.error(str(exc), icon=":material/error:")
         return
@@ -52,27 +62,50 @@ def run_page(render: Callable[..., None], *args: object) -> None:
     """Run a page; an API failure is shown as its message, never as a traceback."""
     try:
         render(*args)
+    except ApiAuthError as exc:
+        if exc.status_code == 401:
+            login_page.end_session(SESSION_ENDED)
+            st.rerun()
+        st.error(str(exc))
     except ApiError as exc:
         st.error(str(exc))
+
+
+def show_user(session: WorkspaceSession, connect: ApiConnector) -> None:
+    """Who is logged in, and the way out."""
+    teams = ", ".join(session.teams) or "no care team yet"
+    st.markdown(f"**{session.display_name}** · {session.role}")
+    st.caption(f"Care teams: {teams}")
+    if st.button("Log out", icon=":material/logout:", key="logout"):
+        try:
+            with connect() as api:
+                api.logout()
+        except ApiError:
+            pass  # the session is forgotten here either way
+        login_page.end_session("You have logged out.")
+        st.rerun()
 
 
 def main() -> None:
     st.set_page_config(page_title="CareWatch", layout="wide")
-    with st.sidebar:
-        clinician = st.text_input(
-            "Clinician",
-            value=user_from_env(),
-            max_chars=64,
-            key=CLINICIAN_KEY,
-            help="Your name. The API records it with every view and acknowledgement.",
-        )
+    api_url = api_url_from_env()
+    session = login_page.current_session()
+    if session is None:
+        login_page.render(api_url)
+        return
     try:
-        connect = connector_for(clinician)
+        connect = connector_for(api_url, session)
     except ApiError as exc:
         st.error(str(exc))
         st.stop()
-    with st.sidebar, connect() as api:
-        show_api_status(api)
+    with st.sidebar:
+        show_user(session, connect)
+        try:
+            with connect() as api:
+                show_api_status(api)
+        except ApiAuthError:
+            login_page.end_session(SESSION_ENDED)
+            st.rerun()
 
     patient = st.Page(
         functools.partial(run_page, patient_page.render, connect),

@@ -137,6 +137,11 @@ class DemoPlan:
         return self.data_dir / "logs"
 
     @property
+    def logins_file(self) -> Path:
+        """The demo accounts' passwords (0600), new on every run."""
+        return self.data_dir / "demo-logins"
+
+    @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
@@ -170,7 +175,17 @@ def start_children(
     """Enrol the demo home, then start ingest, rules, the gateway and the dashboard."""
     population = ["--patients", str(plan.patients), "--seed", str(plan.seed)]
     enrolled = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "ingest", "enroll-demo", "--gateway", DEMO_GATEWAY_ID, *population],
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            "enroll-demo",
+            "--gateway",
+            DEMO_GATEWAY_ID,
+            "--logins-file",
+            str(plan.logins_file),
+            *population,
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -249,7 +264,8 @@ def run(args: argparse.Namespace) -> int:
             )
             print(
                 f"\nCareWatch demo is running ({time.monotonic() - started:.0f} s to start)\n"
-                f"  Clinician workspace: {plan.dashboard_url}\n"
+                f"  Clinician workspace: {plan.dashboard_url}"
+                f" (log in as demo.clinician or demo.lead; passwords in {plan.logins_file})\n"
                 f"  A patient's page:    {plan.page_url} (the home gateway's, on localhost)\n"
                 f"  API and docs:        {plan.api_url}/docs"
                 f" (token in {_write_token(plan)})\n"

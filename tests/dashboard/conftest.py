@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Final
 
 import psycopg
 import pytest
@@ -21,7 +22,8 @@ from analytics.rules import load_rules
 from analytics.worker import DEFAULT_WORKER, run_once
 from carewatch_contract.messages import FollowUpKind, FollowUpRequest
 from carewatch_contract.metrics import Loinc
-from dashboard.api_client import CareWatchApi
+from dashboard.api_client import CareWatchApi, WorkspaceSession, log_in
+from ingest import accounts
 from ingest.follow_ups import StoredRequest, insert_requests
 from tests.conftest import RunningApi
 
@@ -51,13 +53,48 @@ def api(api_server: RunningApi) -> Iterator[CareWatchApi]:
         yield client
 
 
+WORKSPACE_USER: Final = "dr.test"
+WORKSPACE_PASSWORD: Final = "a workspace test password"
+
+
+@dataclass(frozen=True)
+class WorkspaceLogin:
+    """The test API and a clinician account (``dr.test``) of the care team "ward"."""
+
+    api: RunningApi
+    database_url: str
+
+    def session(self) -> WorkspaceSession:
+        """Log dr.test in, after giving the ward every patient there is now."""
+        with psycopg.connect(self.database_url) as conn:
+            ids = [patient_id for (patient_id,) in conn.execute("SELECT patient_id FROM patients")]
+            if ids:
+                accounts.add_patients(conn, team_id="ward", patient_ids=ids)
+        return log_in(self.api.url, WORKSPACE_USER, WORKSPACE_PASSWORD)
+
+
 @pytest.fixture
-def workspace_env(api_server: RunningApi, monkeypatch: pytest.MonkeyPatch) -> RunningApi:
-    """The environment ``dashboard/app.py`` reads, pointing at the test API."""
+def workspace_env(
+    api_server: RunningApi,
+    database_url: str,
+    db: psycopg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> WorkspaceLogin:
+    """The environment ``dashboard/app.py`` reads, pointing at the test API, and dr.test."""
     monkeypatch.setenv("CAREWATCH_API_URL", api_server.url)
-    monkeypatch.setenv("CAREWATCH_API_TOKEN", api_server.token)
-    monkeypatch.delenv("CAREWATCH_USER", raising=False)
-    return api_server
+    monkeypatch.delenv("CAREWATCH_API_TOKEN", raising=False)
+    accounts.create_team(db, team_id="ward", name="Ward")
+    accounts.create_user(
+        db,
+        username=WORKSPACE_USER,
+        display_name="Dr Test",
+        role="clinician",
+        password=WORKSPACE_PASSWORD,
+        created_by="test",
+    )
+    accounts.add_members(db, team_id="ward", usernames=[WORKSPACE_USER])
+    db.commit()
+    return WorkspaceLogin(api_server, database_url)
 
 
 @pytest.fixture

@@ -120,9 +120,7 @@ def test_a_wrong_token_gives_an_error_that_says_what_to_do(api_server: RunningAp
         client.flags()
 
     message = str(error.value)
-    assert message == (
-        "the API refused the token: set CAREWATCH_API_TOKEN to the ingest service's token"
-    )
+    assert message == ("your session has ended or the token is not valid: log in again")
     assert error.value.status_code == 401
     assert wrong not in message
 

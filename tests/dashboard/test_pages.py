@@ -21,16 +21,27 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import charts
 from dashboard.api_client import CareWatchApi
+from dashboard.login_page import SESSION_KEY
 from dashboard.triage_page import time_ago, what_fired
-from tests.dashboard.conftest import APP_PATH, CallBacks, RunningApi, SeededWorkspace
+from tests.dashboard.conftest import (
+    APP_PATH,
+    WORKSPACE_PASSWORD,
+    WORKSPACE_USER,
+    CallBacks,
+    SeededWorkspace,
+    WorkspaceLogin,
+)
 
 RUN_TIMEOUT_S = 60
 
 
-def run_workspace(**context: Any) -> AppTest:
-    """A fresh session of the workspace, run once; fails on any uncaught exception."""
+def run_workspace(login: WorkspaceLogin | None, **context: Any) -> AppTest:
+    """A fresh session of the workspace, logged in as dr.test (``login``) or at the login page
+    (None), run once; fails on any uncaught exception."""
     at = AppTest.from_file(str(APP_PATH), default_timeout=RUN_TIMEOUT_S)
     at.context = context
+    if login is not None:
+        at.session_state[SESSION_KEY] = login.session()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -64,9 +75,9 @@ def layer_rows(at: AppTest, title: str, layer_name: str) -> pd.DataFrame:
 
 @pytest.mark.db
 def test_triage_page_shows_the_counts_and_the_queue(
-    workspace_env: RunningApi, seeded: SeededWorkspace
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace
 ) -> None:
-    at = run_workspace()
+    at = run_workspace(workspace_env)
 
     assert {metric.label: metric.value for metric in at.metric} == {
         "Critical": "2",
@@ -89,36 +100,35 @@ def test_triage_page_shows_the_counts_and_the_queue(
         f"triage-ack-{seeded.fever_flag_id}",
     ]
     assert [alert.value for alert in at.sidebar.success] == ["API ready"]
-    assert at.sidebar.text_input(key="clinician_name").value == "clinician"
+    assert "**Dr Test** · clinician" in [m.value for m in at.sidebar.markdown]
 
 
 @pytest.mark.db
 def test_acknowledge_on_the_queue_acknowledges_through_the_api_as_the_clinician(
-    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, api: CareWatchApi
 ) -> None:
-    at = run_workspace()
-    at.sidebar.text_input(key="clinician_name").set_value("Dr Test").run()
+    at = run_workspace(workspace_env)
 
     at.button(key=f"triage-ack-{seeded.crisis_flag_id}").click().run()
 
     assert not at.exception
     flag = api.flag(seeded.crisis_flag_id)
-    assert (flag["status"], flag["acknowledged_by"]) == ("acknowledged", "Dr Test")
+    assert (flag["status"], flag["acknowledged_by"]) == ("acknowledged", WORKSPACE_USER)
     assert [alert.value for alert in at.main.success] == [
         f"Acknowledged: Hypertensive crisis for {seeded.crisis_patient_name}."
     ]
     keys = {b.key for b in at.button}
     assert f"triage-ack-{seeded.crisis_flag_id}" not in keys  # acknowledged: no button
     assert f"triage-open-{seeded.crisis_flag_id}" in keys  # still in the queue
-    assert "Acknowledged by Dr Test just now" in page_text(at)
+    assert f"Acknowledged by {WORKSPACE_USER} just now" in page_text(at)
 
 
 @pytest.mark.db
 def test_an_acknowledged_flag_is_resolved_with_a_note(
-    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, api: CareWatchApi
 ) -> None:
     api.acknowledge(seeded.fever_flag_id)
-    at = run_workspace()
+    at = run_workspace(workspace_env)
     flag_id = seeded.fever_flag_id
 
     at.button(key=f"triage-resolve-{flag_id}").click().run()  # no note yet
@@ -140,15 +150,15 @@ def test_an_acknowledged_flag_is_resolved_with_a_note(
 
 @pytest.mark.db
 def test_the_status_filter_narrows_the_queue(
-    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, api: CareWatchApi
 ) -> None:
     api.acknowledge(seeded.fever_flag_id)
-    at = run_workspace()
+    at = run_workspace(workspace_env)
 
     at.segmented_control(key="triage_statuses").set_value(["acknowledged"]).run()
 
     assert not at.exception
-    assert {b.key for b in at.button} == {
+    assert {b.key for b in at.main.button} == {
         f"triage-open-{seeded.fever_flag_id}",
         f"triage-resolve-{seeded.fever_flag_id}",
     }
@@ -158,9 +168,9 @@ def test_the_status_filter_narrows_the_queue(
 
 @pytest.mark.db
 def test_open_patient_shows_charts_with_thresholds_and_flagged_readings(
-    workspace_env: RunningApi, seeded: SeededWorkspace
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace
 ) -> None:
-    at = run_workspace(timezone="Europe/Berlin")
+    at = run_workspace(workspace_env, timezone="Europe/Berlin")
 
     at.button(key=f"triage-open-{seeded.crisis_flag_id}").click().run()
 
@@ -187,7 +197,7 @@ def test_open_patient_shows_charts_with_thresholds_and_flagged_readings(
     assert rows["measured_utc"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z").all()
     assert "Times in Europe/Berlin" in page_text(at)
     # The patient's own flags, with the acknowledge buttons of the patient page.
-    assert {b.key for b in at.button} == {
+    assert {b.key for b in at.main.button} == {
         f"patient-ack-{seeded.crisis_flag_id}",
         f"patient-ack-{seeded.fever_flag_id}",
     }
@@ -195,9 +205,9 @@ def test_open_patient_shows_charts_with_thresholds_and_flagged_readings(
 
 @pytest.mark.db
 def test_patient_page_period_picker_and_acknowledge(
-    workspace_env: RunningApi, seeded: SeededWorkspace, api: CareWatchApi
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, api: CareWatchApi
 ) -> None:
-    at = run_workspace()
+    at = run_workspace(workspace_env)
     at.button(key=f"triage-open-{seeded.spo2_flag_id}").click().run()
 
     at.radio(key="patient_period_days").set_value(30).run()
@@ -223,7 +233,7 @@ def test_patient_page_period_picker_and_acknowledge(
     ],
 )
 def test_the_spo2_chart_draws_only_the_thresholds_of_the_patients_spo2_scale(
-    workspace_env: RunningApi,
+    workspace_env: WorkspaceLogin,
     seeded: SeededWorkspace,
     db: psycopg.Connection,
     spo2_scale: int,
@@ -234,7 +244,7 @@ def test_the_spo2_chart_draws_only_the_thresholds_of_the_patients_spo2_scale(
         (spo2_scale, seeded.spo2_patient_id),
     )
     db.commit()
-    at = run_workspace()
+    at = run_workspace(workspace_env)
 
     at.button(key=f"triage-open-{seeded.spo2_flag_id}").click().run()
 
@@ -246,9 +256,9 @@ def test_the_spo2_chart_draws_only_the_thresholds_of_the_patients_spo2_scale(
 
 @pytest.mark.db
 def test_an_empty_queue_says_there_is_nothing_to_do(
-    workspace_env: RunningApi, db: psycopg.Connection
+    workspace_env: WorkspaceLogin, db: psycopg.Connection
 ) -> None:
-    at = run_workspace()
+    at = run_workspace(workspace_env)
 
     assert [alert.value for alert in at.main.success] == [
         "No open flags. New flags appear here within seconds of the rules raising them."
@@ -258,10 +268,10 @@ def test_an_empty_queue_says_there_is_nothing_to_do(
 
 @pytest.mark.db
 def test_call_back_requests_are_listed_above_the_flags_and_marked_done(
-    workspace_env: RunningApi, seeded: SeededWorkspace, call_backs: CallBacks, api: CareWatchApi
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, call_backs: CallBacks, api: CareWatchApi
 ) -> None:
     bruno, alice = call_backs.bruno_request_id, call_backs.alice_request_id
-    at = run_workspace()
+    at = run_workspace(workspace_env)
 
     assert [subheader.value for subheader in at.subheader] == ["Call-back requests", "Flags"]
     text = page_text(at)
@@ -278,14 +288,13 @@ def test_call_back_requests_are_listed_above_the_flags_and_marked_done(
     ]
     assert keys.index(f"callback-done-{alice}") < keys.index(f"triage-ack-{seeded.spo2_flag_id}")
 
-    at.sidebar.text_input(key="clinician_name").set_value("Dr Test").run()
     at.text_input(key=f"callback-note-{bruno}").set_value("Called, inhaler technique").run()
     at.button(key=f"callback-done-{bruno}").click().run()
 
     assert not at.exception, [e.value for e in at.exception]
     done = {f["request_id"]: f for f in api.follow_ups("done")}
     assert (done[bruno]["closed_by"], done[bruno]["close_note"]) == (
-        "Dr Test",
+        WORKSPACE_USER,
         "Called, inhaler technique",
     )
     assert [alert.value for alert in at.main.success] == [
@@ -303,9 +312,9 @@ def test_call_back_requests_are_listed_above_the_flags_and_marked_done(
 
 @pytest.mark.db
 def test_a_call_back_request_done_meanwhile_is_explained_and_open_patient_works(
-    workspace_env: RunningApi, seeded: SeededWorkspace, call_backs: CallBacks, api: CareWatchApi
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, call_backs: CallBacks, api: CareWatchApi
 ) -> None:
-    at = run_workspace()
+    at = run_workspace(workspace_env)
     api.close_follow_up(call_backs.alice_request_id)  # a colleague was quicker
 
     at.button(key=f"callback-done-{call_backs.alice_request_id}").click().run()
@@ -323,12 +332,20 @@ def test_a_call_back_request_done_meanwhile_is_explained_and_open_patient_works(
 
 @pytest.mark.db
 def test_no_call_back_requests_is_a_quiet_line(
-    workspace_env: RunningApi, seeded: SeededWorkspace
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace
 ) -> None:
-    at = run_workspace()
+    at = run_workspace(workspace_env)
 
     assert "No open call-back requests." in page_text(at)
     assert not [b.key for b in at.button if b.key and b.key.startswith("callback-")]
+
+
+def log_in_through_the_form(at: AppTest, username: str, password: str) -> AppTest:
+    at.text_input[0].input(username)
+    at.text_input[1].input(password)
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
 
 
 def test_an_unreachable_api_is_explained_not_a_traceback(
@@ -338,25 +355,65 @@ def test_an_unreachable_api_is_explained_not_a_traceback(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("CAREWATCH_API_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("CAREWATCH_API_TOKEN", "some-token")
 
-    at = run_workspace()
+    at = log_in_through_the_form(run_workspace(None), "dr.test", "whatever it is")
 
     expected = f"cannot reach the CareWatch API at http://127.0.0.1:{port}: is ingest running?"
-    assert at.error
-    assert all(alert.value.startswith(expected) for alert in at.error)
-    assert at.sidebar.error
+    assert [alert.value for alert in at.error] and at.error[0].value.startswith(expected)
 
 
-def test_a_missing_token_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CAREWATCH_API_TOKEN", raising=False)
+@pytest.mark.db
+def test_login_page_refuses_a_wrong_password_then_logs_in_and_out(
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace
+) -> None:
+    workspace_env.session()  # gives the ward the seeded patients
+    at = run_workspace(None)
+    assert at.title[0].value == "CareWatch" and not at.sidebar.markdown
 
-    at = run_workspace()
-
-    assert [alert.value for alert in at.error] == [
-        "CAREWATCH_API_TOKEN is not set: set it to the ingest service's token "
-        "(the value ingest runs with)"
+    log_in_through_the_form(at, WORKSPACE_USER, "not the password")
+    assert [e.value for e in at.error] == [
+        "wrong user name or password, or the account is not active"
     ]
+    assert SESSION_KEY not in at.session_state
+
+    log_in_through_the_form(at, WORKSPACE_USER, WORKSPACE_PASSWORD)
+    assert "**Dr Test** · clinician" in [m.value for m in at.sidebar.markdown]
+    assert seeded.crisis_patient_name in page_text(at)  # the triage queue, with ward's patients
+
+    at.sidebar.button(key="logout").click().run()
+    assert SESSION_KEY not in at.session_state
+    assert [i.value for i in at.info] == ["You have logged out."]
+
+
+@pytest.mark.db
+def test_an_ended_session_returns_to_the_login_with_a_notice(
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, db: psycopg.Connection
+) -> None:
+    at = run_workspace(workspace_env)
+    db.execute("UPDATE api_sessions SET last_used_at = now() - interval '2 hours'")
+    db.commit()
+
+    at.run()
+
+    assert not at.exception
+    assert SESSION_KEY not in at.session_state
+    assert [i.value for i in at.info] == ["Your session has ended: log in again."]
+
+
+@pytest.mark.db
+def test_a_clinician_sees_only_their_teams_patients_in_the_workspace(
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, db: psycopg.Connection
+) -> None:
+    session = workspace_env.session()
+    db.execute("DELETE FROM team_patients WHERE patient_id = %s", (seeded.spo2_patient_id,))
+    db.commit()
+    at = AppTest.from_file(str(APP_PATH), default_timeout=RUN_TIMEOUT_S)
+    at.session_state[SESSION_KEY] = session
+    at.run()
+
+    text = page_text(at)
+    assert seeded.crisis_patient_name in text
+    assert seeded.spo2_patient_name not in text
 
 
 # --- pure parts ------------------------------------------------------------------------------

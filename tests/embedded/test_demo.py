@@ -108,6 +108,14 @@ def test_make_demo_shows_flags_within_a_minute_and_stops_cleanly(demo_dir: Path)
                 time.sleep(1)
             elapsed = time.monotonic() - started
             health = httpx.get(f"http://127.0.0.1:{dashboard_port}/_stcore/health", timeout=5)
+            logins = demo_dir / "demo-logins"
+            clinician = next(
+                line for line in logins.read_text().splitlines() if line.startswith("demo.clinic")
+            )
+            login = api.post(
+                "/api/v1/auth/login",
+                json={"username": "demo.clinician", "password": clinician.split(": ", 1)[1]},
+            )
             patient_page = httpx.get(f"http://127.0.0.1:{page_port}/", timeout=5)
         processes |= descendants(demo.pid)
     finally:
@@ -117,6 +125,10 @@ def test_make_demo_shows_flags_within_a_minute_and_stops_cleanly(demo_dir: Path)
     assert critical, f"no critical flag within 90 s; demo output:\n{text[-3000:]}"
     print(f"first critical flag {elapsed:.1f} s after `make demo` started")  # a figure, not a test
     assert health.status_code == 200
+    assert login.status_code == 200, login.text
+    assert login.json()["teams"] == ["demo-team"]
+    assert logins.stat().st_mode & 0o777 == 0o600
+    assert clinician.split(": ", 1)[1] not in text  # passwords stay in the file
     assert "Clinician workspace: http://127.0.0.1:" in text
     assert f"A patient's page:    http://127.0.0.1:{page_port}/" in text
     assert patient_page.status_code == 200
