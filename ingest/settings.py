@@ -59,6 +59,20 @@ class IngestSettings(BaseSettings):
     login_failures_per_username: int = Field(5, ge=1, alias="CAREWATCH_LOGIN_FAILURES_PER_USER")
     login_failures_per_client: int = Field(20, ge=1, alias="CAREWATCH_LOGIN_FAILURES_PER_CLIENT")
     login_window_minutes: float = Field(15.0, gt=0, alias="CAREWATCH_LOGIN_WINDOW_MINUTES")
+    # The clinic's time zone: billing counts its calendar days and months in it.
+    clinic_tz: str = Field("UTC", alias="CAREWATCH_CLINIC_TZ")
+    # Calls: each call gets a room under this base URL (<base>/<call id>) of the clinic's
+    # video service; unset: calls by phone only.
+    video_base_url: str | None = Field(None, alias="CAREWATCH_VIDEO_BASE_URL")
+    # Messages by email (optional): the clinic's SMTP relay. Unset host: email is off.
+    smtp_host: str | None = Field(None, alias="SMTP_HOST")
+    smtp_port: int = Field(587, ge=1, le=65535, alias="SMTP_PORT")
+    smtp_starttls: bool = Field(True, alias="SMTP_STARTTLS")
+    smtp_username: str | None = Field(None, alias="SMTP_USERNAME")
+    smtp_password: SecretStr | None = Field(None, alias="SMTP_PASSWORD")
+    smtp_from: str = Field("care-team@carewatch.invalid", alias="SMTP_FROM")
+    # How often stored messages are looked for to send (they are also sent at once).
+    message_interval_s: float = Field(1.0, gt=0, alias="INGEST_MESSAGE_INTERVAL_S")
     db_wait_seconds: float = Field(30.0, alias="INGEST_DB_WAIT_SECONDS")
     rules_file: str | None = Field(None, alias="RULES_FILE")
     # Fault injection for the fault tests only (refused outside CAREWATCH_ENV=test):

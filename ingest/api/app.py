@@ -21,11 +21,13 @@ from ingest import db
 from ingest.api.routes import (
     accounts,
     auth,
+    billing,
     fhir,
     flags,
     follow_ups,
     health,
     operations,
+    outreach,
     patients,
     rules,
     snoozes,
@@ -33,6 +35,7 @@ from ingest.api.routes import (
 )
 from ingest.consumer import ReadingConsumer
 from ingest.counters import IngestCounters
+from ingest.message_dispatch import MessageDispatcher
 from ingest.settings import IngestSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -61,13 +64,20 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             settings.database_url, name="ingest-api", role=settings.api_db_role
         )
         app.state.consumer = None
+        app.state.dispatcher = None
         if settings.consume:
             app.state.consumer = ReadingConsumer(settings, app.state.counters)
             app.state.consumer.start()
+            app.state.dispatcher = MessageDispatcher(
+                settings, interval_s=settings.message_interval_s
+            )
+            app.state.dispatcher.start()
         log.info("ingest ready")
         try:
             yield
         finally:
+            if app.state.dispatcher is not None:
+                app.state.dispatcher.stop()
             if app.state.consumer is not None:
                 app.state.consumer.stop()
             app.state.pool.close()
@@ -88,6 +98,8 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     app.include_router(flags.router)
     app.include_router(fhir.router)
     app.include_router(follow_ups.router)
+    app.include_router(outreach.router)
+    app.include_router(billing.router)
     app.include_router(operations.router)
     app.include_router(rules.router)
     app.include_router(snoozes.router)
