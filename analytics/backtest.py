@@ -247,7 +247,21 @@ class Comparison:
             },
             "patients_gaining_alerts": self.gaining,
             "patients_losing_alerts": self.losing,
+            "flags_by_rule": self.flags_by_rule(),
         }
+
+    def flags_by_rule(self) -> list[dict[str, Any]]:
+        """Flags per rule, now and with the proposal (the tuning page's chart), by rule id."""
+        now = self.current.flags["rule_id"].value_counts()
+        proposed = self.proposed.flags["rule_id"].value_counts()
+        return [
+            {
+                "rule_id": str(rule_id),
+                "current": int(now.get(rule_id, 0)),
+                "proposed": int(proposed.get(rule_id, 0)),
+            }
+            for rule_id in sorted(set(now.index) | set(proposed.index))
+        ]
 
 
 RulesInForce = RuleSet | Mapping[str, RuleSet]

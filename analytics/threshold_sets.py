@@ -250,3 +250,44 @@ def load_program_templates(
         effective_rules(defaults, program=draft)
         templates[program] = template
     return templates
+
+
+#: Keys of a rule's table that say what it is rather than tune it.
+DESCRIPTIVE_KEYS: Final = frozenset(
+    {
+        "id",
+        "kind",
+        "title",
+        "source",
+        "label",
+        "metric",
+        "programs",
+        "direction",
+        "spo2_scale",
+        "check",
+        "statistic",
+    }
+)
+
+
+def tunable_values(table: Mapping[str, Any]) -> dict[str, Any]:
+    """A rule's values a care team can change, by the dotted path an override names
+    (``when.0.above``, ``by_at_least``, ``severity``), in the table's order."""
+    values: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if prefix == "" and key in DESCRIPTIVE_KEYS:
+                    continue
+                if key in ("label", "metric"):
+                    continue
+                walk(value, f"{prefix}{key}.")
+        elif isinstance(node, list) and all(isinstance(item, Mapping) for item in node):
+            for index, item in enumerate(node):
+                walk(item, f"{prefix}{index}.")
+        else:
+            values[prefix.removesuffix(".")] = node
+
+    walk(table, "")
+    return values

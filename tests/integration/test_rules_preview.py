@@ -75,6 +75,10 @@ def test_a_stricter_crisis_limit_shows_who_would_be_alerted(
     assert proposed > current
     assert preview["patients_gaining_alerts"] == ["pt-high"]
     assert preview["patients_losing_alerts"] == []
+    by_rule = {row["rule_id"]: row for row in preview["flags_by_rule"]}
+    crisis = by_rule["hypertensive-crisis"]
+    assert crisis["proposed"] > crisis["current"]
+    assert sum(row["proposed"] for row in by_rule.values()) == preview["proposed"]["flags"]
     audit = db.execute(
         "SELECT actor, outcome FROM audit_log WHERE action = 'read.rules_preview'"
         " AND actor = 'lead'"

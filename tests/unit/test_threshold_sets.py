@@ -18,6 +18,7 @@ from analytics.threshold_sets import (
     load_program_templates,
     locked_paths_touched,
     rules_by_patient,
+    tunable_values,
 )
 
 NOW = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
@@ -167,3 +168,20 @@ def test_a_bad_template_file_is_refused_with_the_reason(
     path.write_text(text)
     with pytest.raises(ThresholdSetError, match=message):
         load_program_templates(defaults, path)
+
+
+def test_tunable_values_are_the_paths_an_override_names(defaults: RuleSet) -> None:
+    tables = {t["id"]: t for t in defaults.definition["rules"]}
+    crisis = tunable_values(tables["hypertensive-crisis"])
+    assert crisis == {
+        "hysteresis": 10,
+        "when.0.above": 180,
+        "when.0.severity": "critical",
+        "when.1.above": 120,
+        "when.1.severity": "critical",
+    }
+    assert tunable_values(tables["news2"])["severities.medium"] == "high"
+    # Every path can be overridden with its own value: the rules come out the same.
+    for rule_id, table in tables.items():
+        same = version("program", "copd", {rule_id: tunable_values(table)})
+        assert effective_rules(defaults, program=same).rule(rule_id) == defaults.rule(rule_id)

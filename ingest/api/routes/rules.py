@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 from analytics import threshold_store
 from analytics.backtest import RulesInForce, compare, history_from_database
 from analytics.rules import RulesConfigError, RuleSet, rules_from_mapping
-from analytics.threshold_sets import ThresholdSetError
+from analytics.threshold_sets import ThresholdSetError, tunable_values
 from ingest.api.deps import Caller, CallerDep, ConnDep, audited, require_permission
 from ingest.api.routes.thresholds import MAX_OVERRIDDEN_RULES, may_change
 
@@ -91,6 +91,26 @@ def _one_scope(
     readings, patients = history_from_database(conn, since=since, patient_ids=ids)
     name = f"{scope}:{scope_id}"
     return _Trial(current, proposed, readings, patients, (f"{name} in force", f"{name} proposed"))
+
+
+@router.get("")
+def rules(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """The default rules and the values a care team can tune (by the dotted path an override
+    names), for the tuning page."""
+    defaults: RuleSet = request.app.state.rules
+    return {
+        "version": defaults.version,
+        "rules": [
+            {
+                "rule_id": table["id"],
+                "title": table.get("title", table["id"]),
+                "kind": table.get("kind"),
+                "source": table.get("source"),
+                "values": tunable_values(table),
+            }
+            for table in defaults.definition.get("rules", [])
+        ],
+    }
 
 
 @router.post("/preview")
