@@ -249,19 +249,31 @@ class CareWatchApi:
         status: FlagStatus | Iterable[FlagStatus] | None = None,
         patient_id: str | None = None,
         *,
+        assignee: str | None = None,
+        program: str | None = None,
+        team_id: str | None = None,
+        rule_id: str | None = None,
         limit: int | None = None,
     ) -> list[JsonObject]:
         """Flags in triage order (most severe first, then oldest first).
 
         ``status``: one status or several; ``None`` asks for the API's default (open and
-        acknowledged). ``patient_id``: one patient's flags only.
+        acknowledged). ``patient_id``: one patient's flags only; the other filters are the
+        triage queue's.
         """
         params: list[tuple[str, str | int]] = []
         if status is not None:
             statuses = (status,) if isinstance(status, str) else tuple(status)
             params.extend(("status", value) for value in statuses)
-        if patient_id is not None:
-            params.append(("patient_id", patient_id))
+        for name, value in (
+            ("patient_id", patient_id),
+            ("assignee", assignee),
+            ("program", program),
+            ("team_id", team_id),
+            ("rule_id", rule_id),
+        ):
+            if value is not None:
+                params.append((name, value))
         if limit is not None:
             params.append(("limit", limit))
         return self._get(f"{API_PREFIX}/flags", params=params)
@@ -281,6 +293,31 @@ class CareWatchApi:
         return self._request(
             "POST", f"{API_PREFIX}/flags/{int(flag_id)}/resolve", json={"note": note}
         )
+
+    def assign(self, flag_id: int, assignee: str | None) -> JsonObject:
+        """Give the flag to ``assignee`` (None: to nobody)."""
+        return self._request(
+            "POST", f"{API_PREFIX}/flags/{int(flag_id)}/assign", json={"assignee": assignee}
+        )
+
+    def snooze(
+        self, patient_id: str, rule_id: str, direction: str, minutes: int, reason: str
+    ) -> JsonObject:
+        """Quiet the patient's flags of one rule and direction for ``minutes``."""
+        return self._request(
+            "POST",
+            f"{API_PREFIX}/patients/{_path_segment(patient_id)}/snoozes",
+            json={
+                "rule_id": rule_id,
+                "direction": direction,
+                "minutes": minutes,
+                "reason": reason,
+            },
+        )
+
+    def me(self) -> JsonObject:
+        """The logged-in user: ``username``, ``role``, ``teams``, ``permissions``."""
+        return self._get(f"{API_PREFIX}/auth/me")
 
     def flag_counts(self) -> dict[str, int]:
         """Open and acknowledged flags per severity (every severity present)."""
@@ -364,6 +401,95 @@ class CareWatchApi:
         """
         params = {"loinc": loinc} if loinc is not None else None
         return self._get(f"{API_PREFIX}/thresholds", params=params)
+
+    # --- outreach: messages and calls ---------------------------------------------------------
+
+    def message_templates(self) -> list[JsonObject]:
+        return self._get(f"{API_PREFIX}/message-templates")
+
+    def messages(self, patient_id: str) -> list[JsonObject]:
+        """The patient's messages, newest first, each with its ``status``."""
+        return self._get(f"{API_PREFIX}/patients/{_path_segment(patient_id)}/messages")
+
+    def send_message(
+        self,
+        patient_id: str,
+        body: str,
+        *,
+        template_id: str | None = None,
+        by_email: bool = False,
+    ) -> JsonObject:
+        return self._request(
+            "POST",
+            f"{API_PREFIX}/patients/{_path_segment(patient_id)}/messages",
+            json={"body": body, "template_id": template_id, "by_email": by_email},
+        )
+
+    def calls(self, patient_id: str) -> list[JsonObject]:
+        return self._get(f"{API_PREFIX}/patients/{_path_segment(patient_id)}/calls")
+
+    def start_call(self, patient_id: str) -> JsonObject:
+        """A new call: ``room_url`` and ``tel`` links; its time runs until :meth:`end_call`."""
+        return self._request("POST", f"{API_PREFIX}/patients/{_path_segment(patient_id)}/calls")
+
+    def end_call(self, call_id: str, outcome: str, note: str | None = None) -> JsonObject:
+        return self._request(
+            "POST",
+            f"{API_PREFIX}/calls/{_path_segment(call_id)}/end",
+            json={"outcome": outcome, "note": note},
+        )
+
+    # --- thresholds and their tuning ----------------------------------------------------------
+
+    def rules(self) -> JsonObject:
+        """The default rules with their tunable values (``{"version", "rules": [...]}``)."""
+        return self._get(f"{API_PREFIX}/rules")
+
+    def threshold_versions(self, scope: str, scope_id: str) -> JsonObject:
+        """``{"in_force": version or None, "history": [...]}`` of a program or patient."""
+        return self._get(
+            f"{API_PREFIX}/thresholds/{_path_segment(scope)}/{_path_segment(scope_id)}"
+        )
+
+    def preview(
+        self, scope: str, scope_id: str, overrides: Mapping[str, Any], days: int
+    ) -> JsonObject:
+        """Alerts per patient-week now and with ``overrides``, over the last ``days``."""
+        return self._request(
+            "POST",
+            f"{API_PREFIX}/rules/preview",
+            json={"scope": scope, "scope_id": scope_id, "overrides": overrides, "days": days},
+        )
+
+    def save_thresholds(
+        self,
+        scope: str,
+        scope_id: str,
+        overrides: Mapping[str, Any],
+        reason: str,
+        *,
+        locked: Iterable[str] = (),
+    ) -> JsonObject:
+        """A new version of a program's (with its ``locked`` values) or patient's overrides."""
+        return self._request(
+            "POST",
+            f"{API_PREFIX}/thresholds/{_path_segment(scope)}/{_path_segment(scope_id)}",
+            json={"overrides": overrides, "reason": reason, "locked": list(locked)},
+        )
+
+    # --- billing ---------------------------------------------------------------------------------
+
+    def billing(self, month: str) -> JsonObject:
+        """The month's (``YYYY-MM``) billing evidence: ``{"month", "time_zone", "rows"}``."""
+        return self._get(f"{API_PREFIX}/billing", params={"month": month})
+
+    def billing_csv(self, month: str) -> str:
+        response = self._client.get(
+            f"{API_PREFIX}/billing", params={"month": month, "format": "csv"}
+        )
+        if not response.is_success:
+            raise _error_for(response, display_url=self.display_url)
+        return response.text
 
     def logout(self) -> None:
         """End this session on the server (its token stops working)."""

@@ -15,7 +15,7 @@ from typing import Final
 
 import streamlit as st
 
-from dashboard import login_page, patient_page, triage_page
+from dashboard import billing_page, login_page, patient_page, triage_page, tuning_page
 from dashboard.api_client import (
     ApiAuthError,
     ApiConnector,
@@ -26,6 +26,8 @@ from dashboard.api_client import (
 )
 
 SESSION_ENDED: Final = "Your session has ended: log in again."
+#: Roles that see the lead's pages (billing, threshold tuning); the API checks again.
+LEAD_ROLES: Final = frozenset({"lead", "admin"})
 
 # httpx logs every request line at INFO, and the paths name patients: keep them out of logs.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -124,7 +126,25 @@ def main() -> None:
         url_path="triage",
         default=True,
     )
-    st.navigation([triage, patient]).run()
+    pages = [triage, patient]
+    if session.role in LEAD_ROLES:
+        pages.append(
+            st.Page(
+                functools.partial(run_page, tuning_page.render, connect),
+                title="Threshold tuning",
+                icon=":material/tune:",
+                url_path="tuning",
+            )
+        )
+        pages.append(
+            st.Page(
+                functools.partial(run_page, billing_page.render, connect),
+                title="Billing evidence",
+                icon=":material/receipt_long:",
+                url_path="billing",
+            )
+        )
+    st.navigation(pages).run()
 
 
 main()

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts
+from dashboard import charts, outreach_panel
 from dashboard.api_client import (
     ApiConnector,
     ApiNotFoundError,
@@ -159,6 +159,10 @@ def _render(connect: ApiConnector, api: CareWatchApi) -> None:
         days=days,
     )
     _flags(connect, flags, now=now)
+    notice = st.session_state.pop("call-ended-notice", None)
+    if notice:
+        st.success(notice)
+    outreach_panel.render(connect, patient)
 
 
 def _pick_patient(patients: Sequence[JsonObject]) -> str | None:

@@ -22,6 +22,11 @@ REFRESH_SECONDS: Final = 15
 COUNTED_SEVERITIES: Final[tuple[str, ...]] = ("critical", "high", "medium", "low")
 QUEUE_STATUSES: Final[tuple[FlagStatus, ...]] = ("open", "acknowledged")
 QUEUE_LIMIT: Final = 500
+#: The queue's "any" choice of a filter.
+ALL: Final = "All"
+PROGRAMS: Final = ("general", "hypertension", "heart_failure", "copd", "diabetes")
+#: Snooze lengths offered on a flag (the API allows up to 30 days).
+SNOOZE_HOURS: Final = (4, 12, 24, 72)
 SEVERITY_BADGE_COLOURS: Final[Mapping[str, str]] = {
     "critical": "red",
     "high": "orange",
@@ -154,6 +159,47 @@ def _resolve(connect: ApiConnector, flag_id: int, note_key: str) -> None:
     st.session_state[NOTICE_KEY] = ("success", f"Resolved: {flag.get('title', 'flag')} for {who}.")
 
 
+def _assign_to_me(connect: ApiConnector, flag_id: int) -> None:
+    """Button callback: take the flag."""
+    try:
+        with connect() as api:
+            me = api.me()["username"]
+            flag = api.assign(flag_id, me)
+    except ApiError as exc:
+        st.session_state[NOTICE_KEY] = ("error", f"Could not take the flag: {exc}")
+        return
+    st.session_state[NOTICE_KEY] = ("success", f"Flag {flag['flag_id']} is yours.")
+
+
+def _snooze(
+    connect: ApiConnector, flag: Mapping[str, Any], hours_key: str, reason_key: str
+) -> None:
+    """Button callback: snooze the patient's flags of this rule and direction."""
+    reason = str(st.session_state.get(reason_key) or "").strip()
+    hours = int(st.session_state.get(hours_key) or SNOOZE_HOURS[0])
+    if not reason:
+        st.session_state[NOTICE_KEY] = ("error", "Say why before snoozing.")
+        return
+    try:
+        with connect() as api:
+            api.snooze(
+                str(flag["patient_id"]),
+                str(flag["rule_id"]),
+                str(flag.get("direction") or "none"),
+                hours * 60,
+                reason,
+            )
+    except ApiError as exc:
+        st.session_state[NOTICE_KEY] = ("error", f"Could not snooze: {exc}")
+        return
+    direction = {"high": "high ", "low": "low "}.get(str(flag.get("direction")), "")
+    st.session_state[NOTICE_KEY] = (
+        "success",
+        f"Snoozed {direction}{flag.get('title', 'flags')} for {hours} h; other rules and the "
+        "other direction still alert.",
+    )
+
+
 def flag_card(
     connect: ApiConnector,
     flag: Mapping[str, Any],
@@ -193,6 +239,10 @@ def flag_card(
                 f"{readings_text(int(flag.get('breach_count', 0)))} · "
                 f"opened {opened} · last breach {last_breach}"
             )
+            why = f"rule {flag.get('rule_id')} · thresholds {flag.get('rules_version')}"
+            if flag.get("assignee"):
+                why += f" · assigned to {flag['assignee']}"
+            st.caption(escape_markdown(why))
         with action_column:
             if status == "open":
                 st.button(
@@ -213,6 +263,24 @@ def flag_card(
                         type="primary",
                         on_click=_resolve,
                         args=(connect, flag_id, note_key),
+                    )
+            if status in ("open", "acknowledged"):
+                with st.popover("More", width="stretch"):
+                    st.button(
+                        "Assign to me",
+                        key=f"{key_prefix}-mine-{flag_id}",
+                        on_click=_assign_to_me,
+                        args=(connect, flag_id),
+                    )
+                    hours_key = f"{key_prefix}-snooze-hours-{flag_id}"
+                    reason_key = f"{key_prefix}-snooze-reason-{flag_id}"
+                    st.selectbox("Snooze for (hours)", SNOOZE_HOURS, key=hours_key)
+                    st.text_input("Why snooze?", key=reason_key, max_chars=500)
+                    st.button(
+                        "Snooze this rule",
+                        key=f"{key_prefix}-snooze-{flag_id}",
+                        on_click=_snooze,
+                        args=(connect, flag, hours_key, reason_key),
                     )
             if open_patient is not None and st.button(
                 "Open patient", key=f"{key_prefix}-open-{flag_id}", width="stretch"
@@ -353,13 +421,36 @@ def _show_queue(
             persist_state="session",
         )
 
+    me = api.me()
+    program_column, team_column, mine_column = st.columns([2, 2, 1], vertical_alignment="bottom")
+    with program_column:
+        program = st.selectbox(
+            "Program",
+            [ALL, *PROGRAMS],
+            format_func=lambda p: p.replace("_", " ").capitalize(),
+            key="triage_program",
+            persist_state="session",
+        )
+    with team_column:
+        team = st.selectbox(
+            "Care team", [ALL, *me.get("teams", [])], key="triage_team", persist_state="session"
+        )
+    with mine_column:
+        mine = st.toggle("Mine only", key="triage_mine", persist_state="session")
+
     if sum(counts.values()) == 0:
         st.success("No open flags. New flags appear here within seconds of the rules raising them.")
         return
     if not severities or not statuses:
         st.info("Choose at least one severity and one status to see flags.")
         return
-    flags = api.flags(status=list(statuses), limit=QUEUE_LIMIT)
+    flags = api.flags(
+        status=list(statuses),
+        program=None if program == ALL else program,
+        team_id=None if team == ALL else team,
+        assignee=str(me["username"]) if mine else None,
+        limit=QUEUE_LIMIT,
+    )
     shown = [flag for flag in flags if flag.get("severity") in severities]
     if not shown:
         st.info("No flags match these filters.")
