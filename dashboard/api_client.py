@@ -477,6 +477,16 @@ class CareWatchApi:
             json={"overrides": overrides, "reason": reason, "locked": list(locked)},
         )
 
+    def notes(self, patient_id: str) -> list[JsonObject]:
+        return self._get(f"{API_PREFIX}/patients/{_path_segment(patient_id)}/notes")
+
+    def add_note(self, patient_id: str, body: str) -> JsonObject:
+        return self._request(
+            "POST",
+            f"{API_PREFIX}/patients/{_path_segment(patient_id)}/notes",
+            json={"body": body},
+        )
+
     # --- billing ---------------------------------------------------------------------------------
 
     def billing(self, month: str) -> JsonObject:

@@ -78,6 +78,7 @@ def render(connect: ApiConnector, patient: Mapping[str, Any]) -> None:
         templates = api.message_templates()
         messages = api.messages(patient_id)
         calls = api.calls(patient_id)
+        notes = api.notes(patient_id)
     with message_column:
         _message_form(connect, patient, templates)
         if messages:
@@ -90,6 +91,26 @@ def render(connect: ApiConnector, patient: Mapping[str, Any]) -> None:
             st.dataframe(call_rows(calls), hide_index=True, use_container_width=True)
         else:
             st.caption("No calls yet.")
+    _notes(connect, patient_id, notes)
+
+
+def _notes(connect: ApiConnector, patient_id: str, notes: Sequence[Mapping[str, Any]]) -> None:
+    st.subheader("Notes")
+    with st.form(f"note-form-{patient_id}", clear_on_submit=True):
+        text = st.text_area("New note", max_chars=4000, key=f"note-text-{patient_id}")
+        if st.form_submit_button("Add note", icon=":material/edit_note:") and text.strip():
+            try:
+                with connect() as api:
+                    notes = [api.add_note(patient_id, text), *notes]
+            except ApiError as exc:
+                st.error(str(exc))
+    for note in notes:
+        written = parse_api_time(note.get("created_at"))
+        when = f"{written:%Y-%m-%d %H:%M} UTC" if written else ""
+        st.markdown(f"**{note.get('author')}** · {when}")
+        st.text(str(note.get("body") or ""))
+    if not notes:
+        st.caption("No notes yet.")
 
 
 def _message_form(

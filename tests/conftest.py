@@ -95,7 +95,7 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
             " flag_escalations, flag_snoozes, flags, threshold_versions,"
             " rules_watermark, devices, gateway_patients, gateways, patients, follow_up_requests,"
             " inbox_receipts, team_patients, team_members, care_teams, api_sessions,"
-            " login_attempts, users, patient_messages, calls"
+            " login_attempts, users, patient_messages, calls, patient_notes"
         )
         conn.commit()
         yield conn

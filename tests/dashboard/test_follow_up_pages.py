@@ -255,3 +255,23 @@ def test_a_proposal_holds_only_what_differs_from_the_defaults() -> None:
             "proposed": "off",
         },
     ]
+
+
+def test_a_note_added_on_the_patient_page_is_listed_with_its_author(
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, api: CareWatchApi
+) -> None:
+    at = run_workspace(workspace_env)
+    at.button(key=f"triage-open-{seeded.spo2_flag_id}").click().run()
+    patient = seeded.spo2_patient_id
+    at.text_area(key=f"note-text-{patient}").input("Uses oxygen at night only")
+    at.button[[b.label for b in at.button].index("Add note")].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Uses oxygen at night only" in [t.value for t in at.text]
+    assert [n["body"] for n in api.notes(patient)] == ["Uses oxygen at night only"]
+    assert "Days with readings" in [c.get("title") for c in _chart_specs(at)]
+
+
+def _chart_specs(at: AppTest) -> list[dict[str, object]]:
+    import json
+
+    return [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]

@@ -210,6 +210,12 @@ CROSS_TEAM_REQUESTS = [
     ("POST", "/api/v1/flags/{south_flag}/assign", {"assignee": "nina"}),
     ("POST", "/api/v1/snoozes/{snooze}/cancel", None),
     ("POST", "/api/v1/follow-ups/{request}/close", {}),
+    ("GET", "/api/v1/patients/pt-south/messages", None),
+    ("POST", "/api/v1/patients/pt-south/messages", {"body": "Hello"}),
+    ("GET", "/api/v1/patients/pt-south/calls", None),
+    ("POST", "/api/v1/patients/pt-south/calls", None),
+    ("GET", "/api/v1/patients/pt-south/notes", None),
+    ("POST", "/api/v1/patients/pt-south/notes", {"body": "a note"}),
     (
         "POST",
         "/api/v1/rules/preview",

@@ -265,3 +265,14 @@ def test_calls_have_a_video_room_under_the_configured_base_url(database_url: str
         conn.rollback()
     assert call["room_url"] == f"https://video.clinic.example/rooms/{call['call_id']}"
     assert call["tel"] is None  # no phone on record
+
+
+def test_notes_are_kept_as_written_newest_first(client: httpx.Client) -> None:
+    for text in ("Lives alone; daughter visits Sundays", "Prefers calls after 10:00"):
+        assert client.post("/api/v1/patients/pt-msg/notes", json={"body": text}).status_code == 201
+    notes = client.get("/api/v1/patients/pt-msg/notes").json()
+    assert [(n["author"], n["body"]) for n in notes] == [
+        ("dr.msg", "Prefers calls after 10:00"),
+        ("dr.msg", "Lives alone; daughter visits Sundays"),
+    ]
+    assert client.post("/api/v1/patients/pt-msg/notes", json={"body": "  "}).status_code == 422

@@ -1,6 +1,7 @@
-"""Reaching patients: messages (to their gateway's inbox, optionally by email) and calls (a
-video-room link and a ``tel:`` link; outcome, note and duration logged). Every read and write
-is audited; another team's patient is "not found", as on every patient route."""
+"""Reaching patients and keeping track: messages (to their gateway's inbox, optionally by
+email), calls (a video-room link and a ``tel:`` link; outcome, note and duration logged) and
+clinicians' notes. Every read and write is audited; another team's patient is "not found", as
+on every patient route."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class NewMessage(BaseModel):
     body: str = Field(min_length=1, max_length=messages.MAX_BODY_LENGTH)
     template_id: str | None = Field(None, max_length=64)
     by_email: bool = False
+
+
+class NewNote(BaseModel):
+    body: str = Field(min_length=1, max_length=4000)
 
 
 class CallEnd(BaseModel):
@@ -137,3 +142,41 @@ def end_call(call_id: uuid.UUID, body: CallEnd, conn: ConnDep, caller: CallerDep
     audited(conn, caller, action=action, resource=resource, outcome="ok")
     assert call is not None
     return call
+
+
+@router.get("/patients/{patient_id}/notes")
+def list_notes(patient_id: PatientId, conn: ConnDep, caller: CallerDep) -> list[dict[str, Any]]:
+    """Clinicians' notes on the patient, newest first."""
+    resource = f"patient/{patient_id}/notes"
+    require_patient(conn, caller, patient_id, action="read.notes", resource=resource)
+    audited(conn, caller, action="read.notes", resource=resource, outcome="ok")
+    rows = conn.execute(
+        "SELECT note_id, author, body, created_at FROM patient_notes WHERE patient_id = %s"
+        " ORDER BY created_at DESC, note_id DESC LIMIT 200",
+        (patient_id,),
+    ).fetchall()
+    return [dict(zip(("note_id", "author", "body", "created_at"), r, strict=True)) for r in rows]
+
+
+@router.post("/patients/{patient_id}/notes", status_code=status.HTTP_201_CREATED)
+def add_note(
+    patient_id: PatientId, body: NewNote, conn: ConnDep, caller: CallerDep
+) -> dict[str, Any]:
+    """A note on the patient, by the caller (a correction is a new note)."""
+    resource = f"patient/{patient_id}/notes"
+    action = "write.note"
+    require_permission(conn, caller, "follow_up", action=action, resource=resource)
+    require_patient(conn, caller, patient_id, action=action, resource=resource)
+    text = body.body.strip()
+    if not text:
+        audited(conn, caller, action=action, resource=resource, outcome="invalid")
+        conn.commit()
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a note needs some text")
+    row = conn.execute(
+        "INSERT INTO patient_notes (patient_id, author, body) VALUES (%s, %s, %s)"
+        " RETURNING note_id, author, body, created_at",
+        (patient_id, caller.user, text),
+    ).fetchone()
+    assert row is not None
+    audited(conn, caller, action=action, resource=resource, outcome="ok")
+    return dict(zip(("note_id", "author", "body", "created_at"), row, strict=True))
