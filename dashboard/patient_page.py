@@ -21,6 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, outreach_panel
+from dashboard.adherence_chart import adherence_chart, adherence_frame, days_with_readings
 from dashboard.api_client import (
     ApiConnector,
     ApiNotFoundError,
@@ -158,6 +159,7 @@ def _render(connect: ApiConnector, api: CareWatchApi) -> None:
         now=now,
         days=days,
     )
+    _adherence(readings, days=days, now=now)
     _flags(connect, flags, now=now)
     notice = st.session_state.pop("call-ended-notice", None)
     if notice:
@@ -255,6 +257,15 @@ def _vitals(
         f"rules in force for this patient (SpO2 scale {spo2_scale}), coloured by severity. "
         "Red points: readings that raised or joined a flag."
     )
+
+
+def _adherence(readings: Sequence[Mapping[str, Any]], *, days: int, now: datetime) -> None:
+    """The adherence calendar of the period (one reading a day counts)."""
+    st.subheader("Adherence")
+    moments = [t for t in (parse_api_time(r.get("measured_at")) for r in readings) if t]
+    frame = adherence_frame(moments, days=days, now=now, tz=display_timezone() or "UTC")
+    st.caption(f"Readings on {days_with_readings(frame)} of the last {days} days.")
+    st.altair_chart(adherence_chart(frame), width="stretch", key="adherence")
 
 
 def _flags(connect: ApiConnector, flags: Sequence[Mapping[str, Any]], *, now: datetime) -> None:

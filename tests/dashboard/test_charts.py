@@ -166,3 +166,25 @@ def test_threshold_lines_apply_to_everyone_or_to_the_patients_spo2_scale(
     applicable = charts.applicable_threshold_lines(lines, patient_scale)
 
     assert [line["rule_id"] for line in applicable] == rule_ids
+
+
+def test_the_adherence_calendar_counts_local_days_and_keeps_the_empty_ones() -> None:
+    from dashboard.adherence_chart import adherence_chart, adherence_frame, days_with_readings
+
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    moments = [
+        datetime(2026, 11, 29, 8, 0, tzinfo=UTC),
+        datetime(2026, 11, 29, 9, 0, tzinfo=UTC),
+        # 03:30 UTC on the 27th is still the 26th in New York
+        datetime(2026, 11, 27, 3, 30, tzinfo=UTC),
+        datetime(2026, 10, 1, 9, 0, tzinfo=UTC),  # before the period: not counted
+    ]
+    frame = adherence_frame(moments, days=7, now=now, tz="America/New_York")
+    assert len(frame) == 7 and str(frame["day"].iloc[-1]) == "2026-11-29"
+    counts = dict(zip(frame["day"].astype(str), frame["readings"], strict=True))
+    assert counts["2026-11-29"] == 2 and counts["2026-11-26"] == 1 and counts["2026-11-27"] == 0
+    assert days_with_readings(frame) == 2
+    assert set(frame["weekday"]) == {"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"}
+    assert all(week.weekday() == 0 for week in frame["week"])  # weeks start on Monday
+    spec = adherence_chart(frame).to_dict()
+    assert spec["mark"]["type"] == "rect" and spec["title"] == "Days with readings"
