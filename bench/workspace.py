@@ -7,9 +7,10 @@ be). Then the real API (``python -m ingest serve``, its own process) answers, on
 time after a warm-up, as the workspace asks:
 
 - the triage queue: ``GET /api/v1/flags`` (and ``/flags/counts``), as the clinician;
-- a patient's 90-day timeline, for random patients, three ways: every reading
-  (``/readings?days=90``, about 10,000 per patient here, what the patient page draws today),
-  and hourly or daily buckets per metric from the rollups (``/readings/summary``).
+- a patient's 90-day timeline, for random patients: hourly buckets per metric from the rollups
+  (``/readings/summary?bucket=hour``: what the patient page draws over 90 days, with the
+  flagged readings themselves), and for comparison daily buckets and every reading
+  (``/readings?days=90``, about 10,000 per patient here: what the page drew before).
 
 p50/p95/p99 in ms and their ratio to the 100 ms goal go to ``bench/results/workspace.json``.
 """

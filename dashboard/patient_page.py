@@ -35,6 +35,9 @@ PERIOD_DAYS: Final[tuple[int, ...]] = (7, 30, 90)
 PATIENT_QUERY_PARAM: Final = "patient"
 PICKER_KEY: Final = "patient_picker"
 PERIOD_KEY: Final = "patient_period_days"
+#: From this period on, the charts draw hourly averages (and the flagged readings themselves)
+#: rather than every reading.
+HOURLY_FROM_DAYS: Final = 90
 FLAG_HISTORY_STATUSES: Final = ("open", "acknowledged", "resolved")
 PROGRAM_NAMES: Final[Mapping[str, str]] = {
     "general": "General",
@@ -67,19 +70,46 @@ def display_timezone() -> str | None:
     return name
 
 
-def flagged_reading_ids(
+def flagged_readings(
     api: CareWatchApi, flags: Iterable[Mapping[str, Any]], *, since: datetime
-) -> set[str]:
-    """The ids of the readings linked to ``flags``, asking only for flags with a breach at or
-    after ``since`` (older flags cannot have a reading inside the period)."""
-    reading_ids: set[str] = set()
+) -> list[JsonObject]:
+    """The readings linked to ``flags`` (id, time, metric, value), asking only for flags with
+    a breach at or after ``since`` (older flags cannot have a reading inside the period)."""
+    readings: list[JsonObject] = []
     for flag in flags:
         last_breach = parse_api_time(flag.get("last_breach_at"))
         if last_breach is not None and last_breach < since:
             continue
-        detail = api.flag(int(flag["flag_id"]))
-        reading_ids.update(str(reading["reading_id"]) for reading in detail.get("readings", ()))
-    return reading_ids
+        readings.extend(api.flag(int(flag["flag_id"])).get("readings", ()))
+    return readings
+
+
+def flagged_reading_ids(
+    api: CareWatchApi, flags: Iterable[Mapping[str, Any]], *, since: datetime
+) -> set[str]:
+    """The ids of the readings linked to ``flags`` (see :func:`flagged_readings`)."""
+    return {str(reading["reading_id"]) for reading in flagged_readings(api, flags, since=since)}
+
+
+def hourly_points(summary: Iterable[Mapping[str, Any]]) -> list[JsonObject]:
+    """Hourly rollup rows as points to draw: each hour's average of a metric, at the middle
+    of its hour (the long views draw these, not every reading: a busy patient has ten
+    thousand readings in 90 days)."""
+    points = []
+    for row in summary:
+        start = parse_api_time(row.get("bucket"))
+        if start is None or row.get("avg_value") is None:
+            continue
+        points.append(
+            {
+                "reading_id": f"hour:{row['loinc']}:{row['bucket']}",
+                "loinc": row["loinc"],
+                "unit": row.get("unit"),
+                "value": float(row["avg_value"]),
+                "measured_at": (start + timedelta(minutes=30)).isoformat(),
+            }
+        )
+    return points
 
 
 def device_rows(devices: Sequence[Mapping[str, Any]], now: datetime) -> pd.DataFrame:
@@ -147,9 +177,14 @@ def _render(connect: ApiConnector, api: CareWatchApi) -> None:
         persist_state="session",
     )
     since = now - timedelta(days=days)
-    readings = api.readings(patient_id, days)
     flags = api.flags(status=FLAG_HISTORY_STATUSES, patient_id=patient_id)
-    flagged = flagged_reading_ids(api, flags, since=since)
+    if days >= HOURLY_FROM_DAYS:
+        marked = [r for r in flagged_readings(api, flags, since=since) if _in(r, since)]
+        readings = hourly_points(api.readings_summary(patient_id, "hour", since=since)) + marked
+        flagged = {str(r["reading_id"]) for r in marked}
+    else:
+        readings = api.readings(patient_id, days)
+        flagged = flagged_reading_ids(api, flags, since=since)
 
     _vitals(
         api,
@@ -159,12 +194,22 @@ def _render(connect: ApiConnector, api: CareWatchApi) -> None:
         now=now,
         days=days,
     )
+    if days >= HOURLY_FROM_DAYS:
+        st.caption(
+            f"Over {days} days the lines join hourly averages; the red points are the flagged "
+            "readings themselves."
+        )
     _adherence(readings, days=days, now=now)
     _flags(connect, flags, now=now)
     notice = st.session_state.pop("call-ended-notice", None)
     if notice:
         st.success(notice)
     outreach_panel.render(connect, patient)
+
+
+def _in(reading: Mapping[str, Any], since: datetime) -> bool:
+    measured = parse_api_time(reading.get("measured_at"))
+    return measured is not None and measured >= since
 
 
 def _pick_patient(patients: Sequence[JsonObject]) -> str | None:

@@ -14,12 +14,13 @@ from analytics.threshold_store import seed_program_templates
 from dashboard.api_client import CareWatchApi
 from dashboard.billing_page import recent_months, summary
 from dashboard.outreach_panel import call_rows, message_rows
+from ingest.db import refresh_rollups
 from tests.dashboard.conftest import (
     WORKSPACE_USER,
     SeededWorkspace,
     WorkspaceLogin,
 )
-from tests.dashboard.test_pages import RUN_TIMEOUT_S, page_text, run_workspace
+from tests.dashboard.test_pages import RUN_TIMEOUT_S, layer_rows, page_text, run_workspace
 
 pytestmark = pytest.mark.db
 
@@ -275,3 +276,46 @@ def _chart_specs(at: AppTest) -> list[dict[str, object]]:
     import json
 
     return [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+
+
+def test_the_90_day_view_draws_hourly_averages_and_the_flagged_readings(
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, db: psycopg.Connection
+) -> None:
+    refresh_rollups(db)  # what ingest's writer does every minute
+    db.commit()
+    at = run_workspace(workspace_env)
+    at.button(key=f"triage-open-{seeded.spo2_flag_id}").click().run()
+    at.radio(key="patient_period_days").set_value(90).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("hourly averages" in c.value for c in at.caption)
+    flagged = layer_rows(at, "SpO2", "flagged")
+    # The 93 % and 89 % readings that raised the flag are drawn themselves, as flagged points.
+    assert sorted(flagged["value"]) == [89.0, 93.0]
+    line = layer_rows(at, "SpO2", "readings")
+    hourly = line[line["reading_id"].str.startswith("hour:")]
+    hours = db.execute(
+        "SELECT count(DISTINCT date_trunc('hour', measured_at)) FROM readings"
+        " WHERE patient_id = %s AND loinc = '59408-5'",
+        (seeded.spo2_patient_id,),
+    ).fetchone()
+    assert hours is not None and len(hourly) == hours[0] > 0  # one point per hour with readings
+
+
+def test_hourly_points_are_mid_hour_averages() -> None:
+    from dashboard.patient_page import hourly_points
+
+    points = hourly_points(
+        [
+            {"loinc": "59408-5", "unit": "%", "bucket": "2026-11-29T08:00:00Z", "avg_value": 95.5},
+            {"loinc": "59408-5", "unit": "%", "bucket": "2026-11-29T09:00:00Z", "avg_value": None},
+        ]
+    )
+    assert points == [
+        {
+            "reading_id": "hour:59408-5:2026-11-29T08:00:00Z",
+            "loinc": "59408-5",
+            "unit": "%",
+            "value": 95.5,
+            "measured_at": "2026-11-29T08:30:00+00:00",
+        }
+    ]
