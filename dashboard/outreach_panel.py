@@ -70,6 +70,21 @@ def call_rows(calls: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["Started", "By", "Outcome", "Minutes", "Note"])
 
 
+def request_rows(requests: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The patient's "please call me back" requests: when, their note, and what was done."""
+    rows = [
+        {
+            "Asked": parse_api_time(r.get("requested_at")),
+            "Note": r.get("note") or "",
+            "Status": "done" if r.get("status") == "done" else "open",
+            "Done by": r.get("closed_by") or "",
+            "Outcome": r.get("close_note") or "",
+        }
+        for r in requests
+    ]
+    return pd.DataFrame(rows, columns=["Asked", "Note", "Status", "Done by", "Outcome"])
+
+
 def render(connect: ApiConnector, patient: Mapping[str, Any]) -> None:
     patient_id = str(patient["patient_id"])
     st.subheader("Follow up")
@@ -79,6 +94,7 @@ def render(connect: ApiConnector, patient: Mapping[str, Any]) -> None:
         messages = api.messages(patient_id)
         calls = api.calls(patient_id)
         notes = api.notes(patient_id)
+        requests = api.follow_ups("all", patient_id, limit=50)
     with message_column:
         _message_form(connect, patient, templates)
         if messages:
@@ -91,6 +107,9 @@ def render(connect: ApiConnector, patient: Mapping[str, Any]) -> None:
             st.dataframe(call_rows(calls), hide_index=True, use_container_width=True)
         else:
             st.caption("No calls yet.")
+    if requests:
+        st.markdown("**Call-back requests from the patient**")
+        st.dataframe(request_rows(requests), hide_index=True, use_container_width=True)
     _notes(connect, patient_id, notes)
 
 

@@ -38,6 +38,8 @@ PERIOD_KEY: Final = "patient_period_days"
 #: From this period on, the charts draw hourly averages (and the flagged readings themselves)
 #: rather than every reading.
 HOURLY_FROM_DAYS: Final = 90
+#: A device with nothing for this long is shown as silent (the rules' device-silent default).
+SILENT_AFTER: Final = timedelta(hours=48)
 FLAG_HISTORY_STATUSES: Final = ("open", "acknowledged", "resolved")
 PROGRAM_NAMES: Final[Mapping[str, str]] = {
     "general": "General",
@@ -112,14 +114,27 @@ def hourly_points(summary: Iterable[Mapping[str, Any]]) -> list[JsonObject]:
     return points
 
 
+def device_status(device: Mapping[str, Any], now: datetime) -> str:
+    """ "silent" when the device has sent nothing for :data:`SILENT_AFTER` while its gateway
+    is online (the device, not the home, needs a look), "gateway offline", or "ok"."""
+    if device.get("gateway_state") == "offline":
+        return "gateway offline"
+    last = parse_api_time(device.get("last_reading_at"))
+    if last is None or now - last > SILENT_AFTER:
+        return "silent"
+    return "ok"
+
+
 def device_rows(devices: Sequence[Mapping[str, Any]], now: datetime) -> pd.DataFrame:
-    """The patient's devices as a table: type, last reading, battery, gateway and its state."""
+    """The patient's devices as a table: type, status (silent?), last reading, battery,
+    gateway and its state."""
     return pd.DataFrame(
         [
             {
                 "Device": DEVICE_TYPE_NAMES.get(
                     str(device.get("device_type")), device.get("device_type")
                 ),
+                "Status": device_status(device, now),
                 "Last reading": time_ago(parse_api_time(device.get("last_reading_at")), now),
                 "Battery": (
                     f"{device['battery_percent']} %"
@@ -134,7 +149,7 @@ def device_rows(devices: Sequence[Mapping[str, Any]], now: datetime) -> pd.DataF
             }
             for device in devices
         ],
-        columns=["Device", "Last reading", "Battery", "Gateway", "Gateway state"],
+        columns=["Device", "Status", "Last reading", "Battery", "Gateway", "Gateway state"],
     )
 
 

@@ -422,7 +422,10 @@ def _show_queue(
         )
 
     me = api.me()
-    program_column, team_column, mine_column = st.columns([2, 2, 1], vertical_alignment="bottom")
+    rule_titles = {str(r["rule_id"]): str(r["title"]) for r in api.rules()["rules"]}
+    program_column, team_column, rule_column, assignee_column = st.columns(
+        [2, 2, 3, 2], vertical_alignment="bottom"
+    )
     with program_column:
         program = st.selectbox(
             "Program",
@@ -435,8 +438,19 @@ def _show_queue(
         team = st.selectbox(
             "Care team", [ALL, *me.get("teams", [])], key="triage_team", persist_state="session"
         )
-    with mine_column:
-        mine = st.toggle("Mine only", key="triage_mine", persist_state="session")
+    with rule_column:
+        rule = st.selectbox(
+            "Rule",
+            [ALL, *rule_titles],
+            format_func=lambda r: rule_titles.get(r, r),
+            key="triage_rule",
+            persist_state="session",
+        )
+    with assignee_column:
+        assigned = st.text_input(
+            "Assigned to", max_chars=64, key="triage_assignee", placeholder="anyone"
+        )
+    mine = st.toggle("Mine only", key="triage_mine", persist_state="session")
 
     if sum(counts.values()) == 0:
         st.success("No open flags. New flags appear here within seconds of the rules raising them.")
@@ -448,7 +462,8 @@ def _show_queue(
         status=list(statuses),
         program=None if program == ALL else program,
         team_id=None if team == ALL else team,
-        assignee=str(me["username"]) if mine else None,
+        rule_id=None if rule == ALL else rule,
+        assignee=str(me["username"]) if mine else (assigned.strip() or None),
         limit=QUEUE_LIMIT,
     )
     shown = [flag for flag in flags if flag.get("severity") in severities]

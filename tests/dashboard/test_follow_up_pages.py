@@ -319,3 +319,38 @@ def test_hourly_points_are_mid_hour_averages() -> None:
             "measured_at": "2026-11-29T08:30:00+00:00",
         }
     ]
+
+
+def test_the_rule_filter_and_the_patients_call_back_history(
+    workspace_env: WorkspaceLogin, seeded: SeededWorkspace, call_backs: object
+) -> None:
+    at = run_workspace(workspace_env)
+    at.selectbox(key="triage_rule").set_value("fever").run()
+    shown = [b.key for b in at.main.button if b.key and b.key.startswith("triage-open-")]
+    assert shown == [f"triage-open-{seeded.fever_flag_id}"]
+    at.selectbox(key="triage_rule").set_value("All").run()
+    at.button(key=f"triage-open-{seeded.spo2_flag_id}").click().run()
+    history = next(d.value for d in at.dataframe if "Asked" in d.value.columns)
+    assert set(history["Status"]) <= {"open", "done"} and len(history) >= 1
+
+
+def test_a_device_silent_while_its_gateway_is_online_is_marked() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from dashboard.patient_page import device_status
+
+    now = datetime(2026, 11, 29, 12, tzinfo=UTC)
+    online = {"gateway_state": "online"}
+    assert (
+        device_status({**online, "last_reading_at": (now - timedelta(hours=3)).isoformat()}, now)
+        == "ok"
+    )
+    assert (
+        device_status({**online, "last_reading_at": (now - timedelta(days=3)).isoformat()}, now)
+        == "silent"
+    )
+    assert device_status({**online, "last_reading_at": None}, now) == "silent"
+    assert (
+        device_status({"gateway_state": "offline", "last_reading_at": None}, now)
+        == "gateway offline"
+    )
