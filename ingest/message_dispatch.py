@@ -93,15 +93,24 @@ class MessageDispatcher:
         return sent
 
     def _pass(self, conn: psycopg.Connection[Any], channel: str, send: Any) -> int:
+        """Each waiting message in a transaction of its own (claimed, sent, recorded), so that
+        one that fails, however it fails, never undoes the record of those sent before it."""
         sent = 0
-        with conn.transaction():
-            for message in messages.claim_unsent(conn, channel=channel):
-                error = send(message)
+        while not self._stop.is_set():
+            with conn.transaction():
+                claimed = messages.claim_unsent(conn, channel=channel, limit=1)
+                if not claimed:
+                    return sent
+                message = claimed[0]
+                try:
+                    error = send(message)
+                except Exception as exc:  # recorded on the message, retried later
+                    error = f"could not be sent ({type(exc).__name__})"
                 messages.mark_sent(conn, message.message_id, channel=channel, error=error)
-                if error is None:
-                    sent += 1
-                else:
-                    log.warning("message %s not sent by %s: %s", message.message_id, channel, error)
+            if error is None:
+                sent += 1
+            else:
+                log.warning("message %s not sent by %s: %s", message.message_id, channel, error)
         return sent
 
     def _publish(self, message: messages.OutgoingMessage) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import tomllib
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import Any, Final
 
@@ -25,9 +25,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 MAX_BODY_LENGTH: Final = 2000
-#: Sending gives up after this many failed attempts per channel (the error stays on record
-#: and the workspace shows it).
-MAX_ATTEMPTS: Final = 10
+#: Sending retries a failed channel with a doubling pause up to MAX_RETRY_PAUSE, and gives up
+#: when the message is older than GIVE_UP_AFTER (its last error stays on record and the
+#: workspace shows it as failed): a mail relay down for an hour costs no message.
+MAX_RETRY_PAUSE: Final = timedelta(minutes=30)
+GIVE_UP_AFTER: Final = timedelta(hours=24)
 
 _SELECT: Final = (
     "SELECT m.message_id::text AS message_id, m.patient_id, m.gateway_id, m.sender,"
@@ -37,6 +39,7 @@ _SELECT: Final = (
     "  WHEN r.delivered_at IS NOT NULL THEN 'delivered'"
     "  WHEN m.gateway_id IS NULL THEN 'email_only'"
     "  WHEN m.published_at IS NOT NULL THEN 'sent'"
+    "  WHEN m.created_at < now() - interval '24 hours' THEN 'failed'"
     "  ELSE 'queued' END AS status,"
     " r.delivered_at, r.read_at"
     " FROM patient_messages m LEFT JOIN LATERAL (SELECT"
@@ -51,14 +54,15 @@ _UNSENT: Final = {
         " coalesce(u.display_name, m.sender), m.body, m.created_at, m.email_to"
         " FROM patient_messages m LEFT JOIN users u ON u.username = m.sender"
         " WHERE m.published_at IS NULL AND m.gateway_id IS NOT NULL"
-        " AND m.publish_attempts < %s"
+        " AND m.created_at > now() - %s AND coalesce(m.publish_next_at, '-infinity') <= now()"
         " ORDER BY m.created_at LIMIT %s FOR UPDATE OF m SKIP LOCKED"
     ),
     "email": (
         "SELECT m.message_id::text, m.patient_id, m.gateway_id,"
         " coalesce(u.display_name, m.sender), m.body, m.created_at, m.email_to"
         " FROM patient_messages m LEFT JOIN users u ON u.username = m.sender"
-        " WHERE m.emailed_at IS NULL AND m.email_to IS NOT NULL AND m.email_attempts < %s"
+        " WHERE m.emailed_at IS NULL AND m.email_to IS NOT NULL"
+        " AND m.created_at > now() - %s AND coalesce(m.email_next_at, '-infinity') <= now()"
         " ORDER BY m.created_at LIMIT %s FOR UPDATE OF m SKIP LOCKED"
     ),
 }
@@ -171,25 +175,31 @@ def claim_unsent(
 ) -> list[OutgoingMessage]:
     """Messages not yet sent on ``channel`` (``gateway`` or ``email``), locked for this
     transaction (several ingest workers skip each other's)."""
-    rows = conn.execute(_UNSENT[channel], (MAX_ATTEMPTS, limit)).fetchall()
+    rows = conn.execute(_UNSENT[channel], (GIVE_UP_AFTER, limit)).fetchall()
     return [OutgoingMessage(*row) for row in rows]
 
 
 def mark_sent(
     conn: psycopg.Connection[Any], message_id: str, *, channel: str, error: str | None
 ) -> None:
-    """Record a send: done (``error`` None) or one more failed attempt, with its reason."""
+    """Record a send: done (``error`` None) or one more failed attempt, with its reason and
+    the earliest time of the next (2, 4, 8 ... seconds, at most :data:`MAX_RETRY_PAUSE`)."""
+    params = {"error": error, "id": message_id, "cap": MAX_RETRY_PAUSE}
     if channel == "gateway":
         conn.execute(
             "UPDATE patient_messages SET publish_attempts = publish_attempts + 1,"
             " published_at = CASE WHEN %(error)s::text IS NULL THEN now() END,"
+            " publish_next_at = now() + least(%(cap)s,"
+            "  make_interval(secs => 2 ^ least(publish_attempts + 1, 20))),"
             " publish_error = %(error)s WHERE message_id = %(id)s",
-            {"error": error, "id": message_id},
+            params,
         )
     else:
         conn.execute(
             "UPDATE patient_messages SET email_attempts = email_attempts + 1,"
             " emailed_at = CASE WHEN %(error)s::text IS NULL THEN now() END,"
+            " email_next_at = now() + least(%(cap)s,"
+            "  make_interval(secs => 2 ^ least(email_attempts + 1, 20))),"
             " email_error = %(error)s WHERE message_id = %(id)s",
-            {"error": error, "id": message_id},
+            params,
         )

@@ -23,11 +23,13 @@ CREATE TABLE patient_messages (
     -- gateway's receipts (inbox_receipts) then say delivered and read.
     published_at  timestamptz,
     publish_attempts integer NOT NULL DEFAULT 0,
+    publish_next_at timestamptz,     -- after a failure: not before (backoff)
     publish_error text,
     -- By email, when asked and the patient has an address.
     email_to      text,
     emailed_at    timestamptz,
     email_attempts integer NOT NULL DEFAULT 0,
+    email_next_at timestamptz,
     email_error   text
 );
 CREATE INDEX patient_messages_patient ON patient_messages (patient_id, created_at DESC);

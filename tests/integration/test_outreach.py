@@ -180,21 +180,62 @@ def test_a_message_by_email_reaches_a_real_smtp_server(
     assert emailed["emailed_at"] is not None and emailed["email_error"] is None
 
 
-def test_a_mail_server_that_is_down_is_recorded_and_retried_not_lost(
-    client: httpx.Client, db: psycopg.Connection, database_url: str, broker: BrokerInfo
+def test_a_mail_server_that_is_down_is_retried_later_not_lost(
+    client: httpx.Client,
+    db: psycopg.Connection,
+    database_url: str,
+    broker: BrokerInfo,
+    mail_server: tuple[MailBox, int],
 ) -> None:
     client.post(
         "/api/v1/patients/pt-msg/messages", json={"body": "Hello", "by_email": True}
     ).raise_for_status()
-    closed_port = free_port()
-    dispatcher = dispatcher_for(database_url, broker, smtp_port=closed_port)
-    assert dispatcher.send_pending() == 0
-    assert dispatcher.send_pending() == 0
+    down = dispatcher_for(database_url, broker, smtp_port=free_port())
+    assert down.send_pending() == 0
+    assert down.send_pending() == 0  # backing off: not tried again at once
     row = db.execute(
-        "SELECT emailed_at, email_attempts, email_error FROM patient_messages"
+        "SELECT emailed_at, email_attempts, email_error, email_next_at > now()"
+        " FROM patient_messages"
     ).fetchone()
+    db.commit()
     assert row is not None
-    assert row[0] is None and row[1] == 2 and "could not be reached" in row[2]
+    assert (row[0], row[1], row[3]) == (None, 1, True) and "could not be reached" in row[2]
+    assert _status(client) == "queued"
+
+    db.execute("UPDATE patient_messages SET email_next_at = now()")  # the pause is over
+    db.commit()
+    box, port = mail_server
+    assert dispatcher_for(database_url, broker, smtp_port=port).send_pending() == 1
+    assert box.received.get(timeout=10)[1] == ["mia@example.test"]
+
+
+def test_a_message_that_cannot_be_mailed_does_not_hold_up_the_others(
+    client: httpx.Client,
+    db: psycopg.Connection,
+    database_url: str,
+    broker: BrokerInfo,
+    mail_server: tuple[MailBox, int],
+) -> None:
+    db.execute(
+        "UPDATE patients SET email = 'x@example.test' || chr(13) || chr(10) || 'Bcc: a@b.test'"
+        " WHERE patient_id = 'pt-nobox'"
+    )
+    db.commit()
+    bad = client.post(
+        "/api/v1/patients/pt-nobox/messages", json={"body": "Hello", "by_email": True}
+    )
+    good = client.post(
+        "/api/v1/patients/pt-msg/messages", json={"body": "Hello Mia", "by_email": True}
+    )
+    assert bad.status_code == good.status_code == 201
+    box, port = mail_server
+    assert dispatcher_for(database_url, broker, smtp_port=port).send_pending() == 1
+    assert box.received.get(timeout=10)[1] == ["mia@example.test"]
+    assert box.received.empty()
+    failed = db.execute(
+        "SELECT email_error FROM patient_messages WHERE patient_id = 'pt-nobox'"
+    ).fetchone()
+    assert failed is not None and "could not be sent" in failed[0]
 
 
 @pytest.mark.parametrize(
