@@ -28,6 +28,8 @@ DEFAULT_USER: Final = "clinician"
 REQUEST_TIMEOUT_S: Final = 10.0
 API_PREFIX: Final = "/api/v1"
 USER_HEADER: Final = "X-CareWatch-User"
+#: The end user's address, which the API believes from a trusted proxy (this workspace).
+CLIENT_HEADER: Final = "X-CareWatch-Client"
 #: The API refuses longer user names (``Header(max_length=64)``).
 USER_HEADER_MAX_LENGTH: Final = 64
 
@@ -134,12 +136,20 @@ def api_url_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 
 def log_in(
-    base_url: str, username: str, password: str, *, timeout_s: float = REQUEST_TIMEOUT_S
+    base_url: str,
+    username: str,
+    password: str,
+    *,
+    client_address: str | None = None,
+    timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> WorkspaceSession:
-    """Log a user in; :class:`ApiAuthError` with what to do when refused."""
+    """Log a user in (``client_address``: the browser's, for the API's login limit and audit);
+    :class:`ApiAuthError` with what to do when refused."""
     if not username.strip() or not password:
         raise ApiAuthError("enter your user name and password")
-    with CareWatchApi(base_url, None, timeout_s=timeout_s) as anonymous:
+    with CareWatchApi(
+        base_url, None, timeout_s=timeout_s, client_address=client_address
+    ) as anonymous:
         answer = anonymous._request(
             "POST",
             f"{API_PREFIX}/auth/login",
@@ -182,6 +192,7 @@ class CareWatchApi:
         *,
         user: str | None = None,
         timeout_s: float = REQUEST_TIMEOUT_S,
+        client_address: str | None = None,
     ) -> None:
         url = base_url.strip().rstrip("/")
         try:
@@ -207,6 +218,8 @@ class CareWatchApi:
             headers["Authorization"] = f"Bearer {token.strip()}"
         if self.user is not None:
             headers[USER_HEADER] = self.user
+        if client_address and client_address.isascii() and client_address.isprintable():
+            headers[CLIENT_HEADER] = client_address[:64]
         self._client = httpx.Client(
             base_url=url, timeout=timeout_s, verify=_tls_context(), headers=headers
         )

@@ -36,8 +36,9 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 def connector_for(api_url: str, session: WorkspaceSession) -> ApiConnector:
     """Opens clients with the user's session token (one per page run, fragment rerun or
     callback); raises :class:`ApiError` now when the URL is bad."""
+    address = login_page.browser_address()
     CareWatchApi(api_url, session.token).close()
-    return functools.partial(CareWatchApi, api_url, session.token)
+    return functools.partial(CareWatchApi, api_url, session.token, client_address=address)
 
 
 def show_api_status(api: CareWatchApi) -> None:

@@ -23,10 +23,20 @@ def current_session() -> WorkspaceSession | None:
 
 
 def end_session(notice: str | None = None) -> None:
-    """Forget the session in this browser; the next run shows the login with ``notice``."""
-    st.session_state.pop(SESSION_KEY, None)
+    """Forget the session and everything this browser session held (an open call, the last
+    patient, notices naming patients): the next user of a shared workstation starts clean."""
+    st.session_state.clear()
     if notice:
         st.session_state[NOTICE_KEY] = notice
+
+
+def browser_address() -> str | None:
+    """The user's browser's address as Streamlit saw it (None when it cannot say)."""
+    try:
+        address = st.context.ip_address
+    except Exception:  # outside a browser session: the API uses the workspace's own address
+        return None
+    return address if isinstance(address, str) else None
 
 
 def render(api_url: str) -> None:
@@ -44,7 +54,7 @@ def render(api_url: str) -> None:
         st.caption("Ask your administrator for an account. Sessions end after a while unused.")
         return
     try:
-        session = log_in(api_url, username, password)
+        session = log_in(api_url, username, password, client_address=browser_address())
     except ApiError as exc:
         st.error(str(exc), icon=":material/error:")
         return

@@ -211,7 +211,10 @@ def login(
     max_age: timedelta,
 ) -> tuple[str, SessionUser]:
     """Check the password and open a session: (token, user). The attempt is recorded either
-    way, in the caller's transaction (commit it also when this raises :class:`LoginRefused`)."""
+    way, in the caller's transaction (commit it also when this raises :class:`LoginRefused`).
+    Attempts on one user name are taken one at a time (a transaction-scoped advisory lock), so
+    parallel guesses cannot all pass the count before any failure is recorded."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('carewatch.login:' || %s))", (username,))
     _refuse_when_over_the_limit(conn, username=username, client=client, limits=limits)
     row = conn.execute(
         "SELECT user_id, username, display_name, role, password_hash, active FROM users"

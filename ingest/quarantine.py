@@ -1,7 +1,9 @@
 """The quarantine: messages and readings that broke the contract, kept for inspection.
 
-Nothing in it is clinical data. Payloads are kept up to a bound (a hostile 256 KB payload is
-not worth keeping whole), with their real size and a truncation mark.
+It is not clinical data, but it is patient data: a rejected reading carries a patient id and
+a value, so only admins and integrations may list it. Payloads are kept up to a bound (a
+hostile 256 KB payload is not worth keeping whole), with their real size and a truncation
+mark.
 """
 
 from __future__ import annotations

@@ -55,6 +55,9 @@ class IngestSettings(BaseSettings):
     # api_session_max_hours.
     api_session_idle_minutes: float = Field(30.0, gt=0, alias="CAREWATCH_SESSION_IDLE_MINUTES")
     api_session_max_hours: float = Field(12.0, gt=0, alias="CAREWATCH_SESSION_MAX_HOURS")
+    # Peers trusted to name the end user's address in X-CareWatch-Client (the workspace calls
+    # the API for its users: without this, every login would count against its address).
+    trusted_proxy_list: str = Field("127.0.0.1,::1", alias="CAREWATCH_TRUSTED_PROXIES")
     # Failed logins allowed in login_window_minutes, per user name and per client address.
     login_failures_per_username: int = Field(5, ge=1, alias="CAREWATCH_LOGIN_FAILURES_PER_USER")
     login_failures_per_client: int = Field(20, ge=1, alias="CAREWATCH_LOGIN_FAILURES_PER_CLIENT")
@@ -92,6 +95,11 @@ class IngestSettings(BaseSettings):
         if self.failpoint is not None and self.environment != "test":
             raise ValueError("CAREWATCH_FAILPOINT is for the fault tests: CAREWATCH_ENV=test only")
         return self
+
+    @property
+    def trusted_proxies(self) -> frozenset[str]:
+        """The addresses of ``CAREWATCH_TRUSTED_PROXIES`` (comma-separated)."""
+        return frozenset(a.strip() for a in self.trusted_proxy_list.split(",") if a.strip())
 
     @property
     def readings_subscription(self) -> str:

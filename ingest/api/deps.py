@@ -58,6 +58,20 @@ class Caller:
         return can(self.role, permission)
 
 
+def client_address(request: Request, settings: IngestSettings) -> str | None:
+    """Where the request comes from: the peer, or, when the peer is a trusted proxy (the
+    workspace, which calls the API for its users), the address it names in
+    ``X-CareWatch-Client``; the login limit and the audit log use it."""
+    peer = request.client.host if request.client else None
+    named = request.headers.get(CLIENT_HEADER)
+    if peer is not None and named and peer in settings.trusted_proxies:
+        return named[:64]
+    return peer
+
+
+CLIENT_HEADER = "X-CareWatch-Client"
+
+
 def get_caller(
     request: Request,
     settings: SettingsDep,
@@ -65,7 +79,7 @@ def get_caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     x_carewatch_user: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Caller:
-    client = request.client.host if request.client else None
+    client = client_address(request, settings)
     if credentials is None:
         raise _unauthorized(
             "log in first (POST /api/v1/auth/login) and send the session token, or an "
@@ -79,8 +93,10 @@ def get_caller(
         return Caller(user=user, client=client)
     idle = timedelta(minutes=settings.api_session_idle_minutes)
     found = accounts.session_user(conn, given, idle=idle)
+    # Commit the session's "last used" at once: its row lock must not last the whole request
+    # (a slow preview in one tab would hold up the user's every other request).
+    conn.commit()
     if found is None:
-        conn.commit()
         raise _unauthorized(
             "the token is unknown or its session has ended: log in again (an integration: "
             "check CAREWATCH_API_TOKEN)"

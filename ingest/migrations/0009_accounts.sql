@@ -62,15 +62,22 @@ CREATE INDEX login_attempts_client ON login_attempts (client, at DESC);
 -- Roles belong to the whole server, so another database may have created it already.
 DO $$
 BEGIN
-    CREATE ROLE carewatch_app NOLOGIN;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'carewatch_app') THEN
+        CREATE ROLE carewatch_app NOLOGIN;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+    NULL;  -- another database's migration created it meanwhile
 END $$;
+-- The owner switches to it on the API's connections (PostgreSQL 16 does not make a role's
+-- creator a member it can SET ROLE to).
+GRANT carewatch_app TO CURRENT_USER;
 
 GRANT USAGE ON SCHEMA public TO carewatch_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO carewatch_app;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO carewatch_app;
-REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM carewatch_app;
+-- The audit log: append, with the time and id the database gives (no backdating).
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_log FROM carewatch_app;
+GRANT INSERT (actor, action, resource, outcome, client) ON audit_log TO carewatch_app;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO carewatch_app;
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO carewatch_app;

@@ -221,6 +221,8 @@ CROSS_TEAM_REQUESTS = [
         "/api/v1/rules/preview",
         {"scope": "patient", "scope_id": "pt-south", "overrides": {}, "days": 30},
     ),
+    ("GET", "/api/v1/flags?patient_id=pt-south", None),
+    ("GET", "/api/v1/follow-ups?patient_id=pt-south", None),
 ]
 
 
@@ -349,6 +351,9 @@ def test_the_api_database_role_can_append_to_the_audit_log_but_never_change_it(
             "UPDATE audit_log SET outcome = 'forged'",
             "DELETE FROM audit_log",
             "TRUNCATE audit_log",
+            # nor backdate an entry
+            "INSERT INTO audit_log (at, actor, action, resource, outcome)"
+            " VALUES ('2020-01-01', 't', 'a', 'r', 'ok')",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
@@ -391,3 +396,36 @@ def test_create_admin_makes_an_argon2id_account_from_the_command_line(
         stdin=subprocess.DEVNULL,
     )
     assert refused.returncode != 0 and "CAREWATCH_ADMIN_PASSWORD" in refused.stderr
+
+
+def test_operations_data_and_whole_rule_files_are_for_admins_and_leads(
+    world: dict[str, int], login: Callable[[str], httpx.Client]
+) -> None:
+    nina, adam = login("nina"), login("adam")
+    assert nina.get("/api/v1/quarantine").status_code == 403  # rejected readings name patients
+    assert adam.get("/api/v1/quarantine").status_code == 200
+    mixed = {"rules_toml": "version = 'x'", "scope": "patient", "scope_id": "pt-north"}
+    answer = nina.post("/api/v1/rules/preview", json=mixed)
+    assert answer.status_code == 403  # a whole rules file, whatever else the body says
+
+
+def test_the_workspace_names_the_users_address_for_the_login_limit_and_the_audit(
+    world: dict[str, int], api_server: RunningApi, db: psycopg.Connection
+) -> None:
+    url = f"{api_server.url}/api/v1/auth/login"
+    wrong = {"username": "nina", "password": "not her password"}
+    for _ in range(3):
+        httpx.post(url, json=wrong, headers={"X-CareWatch-Client": "10.1.2.3"}, timeout=10)
+    ok = httpx.post(
+        url,
+        json={"username": "sam", "password": PASSWORD},
+        headers={"X-CareWatch-Client": "10.9.9.9"},
+        timeout=10,
+    )
+    assert ok.status_code == 200
+    db.rollback()
+    clients = db.execute(
+        "SELECT username, client, succeeded FROM login_attempts ORDER BY attempt_id"
+    ).fetchall()
+    # The API is reached from 127.0.0.1, a trusted proxy by default: the named address counts.
+    assert clients == [("nina", "10.1.2.3", False)] * 3 + [("sam", "10.9.9.9", True)]

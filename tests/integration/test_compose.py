@@ -395,8 +395,8 @@ def test_compose_secrets_reach_the_right_services(stack: dict[str, Any]) -> None
         assert env[name]["MQTT_PASSWORD"] == env["broker"]["MQTT_INGEST_PASSWORD"]
         assert env[name]["MQTT_PASSWORD"] == REQUIRED_SECRETS["MQTT_INGEST_PASSWORD"]
         assert env[name]["INGEST_SHARED_GROUP"] == "ingest"
-    for name in ("ingest", "dashboard"):
-        assert env[name]["CAREWATCH_API_TOKEN"] == REQUIRED_SECRETS["CAREWATCH_API_TOKEN"]
+    assert env["ingest"]["CAREWATCH_API_TOKEN"] == REQUIRED_SECRETS["CAREWATCH_API_TOKEN"]
+    assert "CAREWATCH_API_TOKEN" not in env["dashboard"]  # users log in; no service token
     assert env["dashboard"]["CAREWATCH_API_URL"] == "http://ingest:8000"
     gateway = env["gateway-sim"]
     assert gateway["GATEWAY_ID"] == gateway["MQTT_USERNAME"] == DEMO_GATEWAY

@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field
 
 from ingest import accounts, audit
-from ingest.api.deps import CallerDep, ConnDep, SettingsDep, bearer_scheme
+from ingest.api.deps import CallerDep, ConnDep, SettingsDep, bearer_scheme, client_address
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -27,7 +27,7 @@ def login(
     body: Credentials, request: Request, conn: ConnDep, settings: SettingsDep
 ) -> dict[str, Any]:
     """A session token for the user, with their role and care teams."""
-    client = request.client.host if request.client else None
+    client = client_address(request, settings)
     limits = accounts.LoginLimits(
         per_username=settings.login_failures_per_username,
         per_client=settings.login_failures_per_client,

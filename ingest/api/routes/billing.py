@@ -36,24 +36,29 @@ def evidence_inputs(
         ).fetchall(),
         columns=["patient_id", "episode_start"],
     )
-    # A period ending in the month began at most 30 days before it.
-    since = datetime.combine(first_day, datetime.min.time(), ZoneInfo(tz)) - pd.Timedelta(days=31)
+    # A period ending in the month began at most 30 days before it; nothing after the month
+    # counts toward it.
+    zone = ZoneInfo(tz)
+    since = datetime.combine(first_day, datetime.min.time(), zone) - pd.Timedelta(days=31)
+    next_month = (first_day + pd.Timedelta(days=32)).replace(day=1)
+    until = datetime.combine(next_month, datetime.min.time(), zone)
     readings = pd.DataFrame(
         conn.execute(
             "SELECT DISTINCT ON (patient_id, (measured_at AT TIME ZONE %(tz)s)::date)"
             " patient_id, measured_at FROM readings WHERE measured_at >= %(since)s"
+            " AND measured_at < %(until)s"
             " AND (%(ids)s::text[] IS NULL OR patient_id = ANY(%(ids)s::text[]))"
             " ORDER BY patient_id, (measured_at AT TIME ZONE %(tz)s)::date, measured_at",
-            {"tz": tz, "since": since, "ids": ids},
+            {"tz": tz, "since": since, "until": until, "ids": ids},
         ).fetchall(),
         columns=["patient_id", "measured_at"],
     )
     care = pd.DataFrame(
         conn.execute(
             "SELECT patient_id, started_at, minutes::float8, live FROM care_time"
-            " WHERE started_at >= %(since)s"
+            " WHERE started_at >= %(since)s AND started_at < %(until)s"
             " AND (%(ids)s::text[] IS NULL OR patient_id = ANY(%(ids)s::text[]))",
-            {"since": since, "ids": ids},
+            {"since": since, "until": until, "ids": ids},
         ).fetchall(),
         columns=["patient_id", "started_at", "minutes", "live"],
     )

@@ -15,6 +15,7 @@ from ingest.api.deps import (
     ConnDep,
     audited,
     not_found_unless_visible,
+    require_patient,
     require_permission,
 )
 
@@ -56,6 +57,9 @@ def list_flags(
     """The caller's patients' flags by severity (critical first), then age (oldest first).
     Default: not resolved, not snoozed. Filters: status, patient, assignee, severity, rule,
     program, care team."""
+    if patient_id is not None:
+        resource = f"patient/{patient_id}/flags"
+        require_patient(conn, caller, patient_id, action="read.flags", resource=resource)
     statuses = tuple(status_) if status_ else ("open", "acknowledged")
     flags = flag_store.list_flags(
         conn,

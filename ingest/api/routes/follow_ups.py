@@ -19,6 +19,7 @@ from ingest.api.deps import (
     ConnDep,
     audited,
     not_found_unless_visible,
+    require_patient,
     require_permission,
 )
 
@@ -62,6 +63,9 @@ def list_follow_ups(
     limit: Annotated[int, Query(ge=1, le=2000)] = 500,
 ) -> list[FollowUp]:
     """Follow-up requests, newest first (by when they reached the care team). Default: open."""
+    if patient_id is not None:
+        resource = f"patient/{patient_id}/follow-ups"
+        require_patient(conn, caller, patient_id, action="read.follow_ups", resource=resource)
     statuses = follow_ups.FOLLOW_UP_STATUSES if status_ == "all" else (status_,)
     rows = follow_ups.list_follow_ups(
         conn,

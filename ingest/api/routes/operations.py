@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from ingest import quarantine
-from ingest.api.deps import CallerDep, ConnDep, audited
+from ingest.api.deps import CallerDep, ConnDep, audited, require_permission
 
 router = APIRouter(prefix="/api/v1", tags=["operations"])
 
@@ -33,6 +33,8 @@ def recent_quarantine(
     caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    """The latest quarantined messages and readings, newest first."""
+    """The latest quarantined messages and readings, newest first (admins and integrations:
+    quarantined readings hold patient ids and values of every care team)."""
+    require_permission(conn, caller, "accounts", action="read.quarantine", resource="quarantine")
     audited(conn, caller, action="read.quarantine", resource="quarantine", outcome="ok")
     return quarantine.recent(conn, limit=limit)

@@ -125,11 +125,7 @@ def end_call(call_id: uuid.UUID, body: CallEnd, conn: ConnDep, caller: CallerDep
     resource = f"call/{call_id}"
     action = "write.call.end"
     require_permission(conn, caller, "follow_up", action=action, resource=resource)
-    try:
-        patient_id = calls.call_patient(conn, call_id)
-    except Exception:
-        conn.rollback()
-        patient_id = None
+    patient_id = calls.call_patient(conn, str(call_id))
     not_found_unless_visible(
         conn, caller, patient_id, action=action, resource=resource, what="call"
     )

@@ -120,9 +120,10 @@ def preview(body: Preview, request: Request, conn: ConnDep, caller: CallerDep) -
     now = datetime.now(UTC)
     since = now - timedelta(days=body.days)
     action = "read.rules_preview"
-    if body.scope is not None and body.scope_id is not None:
+    if body.rules_toml is None:
+        assert body.scope is not None and body.scope_id is not None
         may_change(conn, caller, body.scope, body.scope_id, action=action)
-    else:
+    else:  # a whole rules file is a change for everyone: leads and admins
         require_permission(conn, caller, "program_thresholds", action=action, resource="rules")
     trial = _whole_file if body.rules_toml is not None else _one_scope
     try:
