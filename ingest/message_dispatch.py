@@ -38,6 +38,7 @@ class MessageDispatcher:
         self._interval_s = interval_s
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._conn: psycopg.Connection[Any] | None = None  # kept between passes
         self._thread = threading.Thread(target=self._run, name="message-dispatch", daemon=True)
         self._endpoint = BrokerEndpoint.from_url(settings.mqtt_url)
         self._client = make_client(
@@ -62,6 +63,13 @@ class MessageDispatcher:
         self._thread.join(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connection kept between passes (also of a dispatcher that was
+        only ever asked for :meth:`send_pending`)."""
+        if self._conn is not None:
+            self._conn.close()
 
     @property
     def connected(self) -> bool:
@@ -84,12 +92,19 @@ class MessageDispatcher:
 
     def send_pending(self) -> int:
         """One pass over both channels; how many messages went out."""
+        if self._conn is None or self._conn.closed:
+            # Autocommit: between passes the connection holds no transaction (the rules'
+            # transaction-id horizon is server-wide); each message has its own.
+            self._conn = psycopg.connect(self._settings.database_url, autocommit=True)
         sent = 0
-        with psycopg.connect(self._settings.database_url) as conn:
+        try:
             if self._client.is_connected():
-                sent += self._pass(conn, "gateway", self._publish)
+                sent += self._pass(self._conn, "gateway", self._publish)
             if self._settings.smtp_host:
-                sent += self._pass(conn, "email", self._email)
+                sent += self._pass(self._conn, "email", self._email)
+        except psycopg.OperationalError:
+            self._conn.close()  # a new one at the next pass
+            raise
         return sent
 
     def _pass(self, conn: psycopg.Connection[Any], channel: str, send: Any) -> int:

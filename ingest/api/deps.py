@@ -160,11 +160,20 @@ def require_permission(
 
 
 def require_patient(
-    conn: psycopg.Connection, caller: Caller, patient_id: str, *, action: str, resource: str
+    conn: psycopg.Connection,
+    caller: Caller,
+    patient_id: str,
+    *,
+    action: str,
+    resource: str,
+    permission: str | None = None,
 ) -> dict[str, Any]:
     """The patient's row when they exist and are one of the caller's; else 404 "no such
     patient", audited as ``not_found`` or, for another team's patient, ``denied`` (the answer
-    is the same, so that it does not tell whether the patient exists)."""
+    is the same, so that it does not tell whether the patient exists). With ``permission``,
+    a caller whose role lacks it gets the 403 of :func:`require_permission` first."""
+    if permission is not None:
+        require_permission(conn, caller, permission, action=action, resource=resource)
     row = conn.execute(
         "SELECT patient_id, display_name, program, spo2_scale, birth_date, phone"
         " FROM patients WHERE patient_id = %s",

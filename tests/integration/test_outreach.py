@@ -93,7 +93,20 @@ def dispatcher_for(
         SMTP_PORT=smtp_port or 25,
         SMTP_STARTTLS=False,
     )
-    return MessageDispatcher(settings, interval_s=60)
+    dispatcher = MessageDispatcher(settings, interval_s=60)
+    _made.append(dispatcher)
+    return dispatcher
+
+
+_made: list[MessageDispatcher] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_dispatchers() -> Iterator[None]:
+    """Each dispatcher a test made lets go of its database connection afterwards."""
+    yield
+    while _made:
+        _made.pop().close()
 
 
 @pytest.fixture

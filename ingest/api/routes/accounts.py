@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import psycopg
 from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, Field
 
 from ingest import accounts
-from ingest.api.deps import CallerDep, ConnDep, audited, require_permission
+from ingest.api.deps import Caller, CallerDep, ConnDep, audited, require_permission
 
 router = APIRouter(prefix="/api/v1", tags=["accounts"])
 
@@ -37,7 +38,15 @@ class TeamPatients(BaseModel):
     patient_ids: list[Annotated[str, Field(max_length=64)]] = Field(min_length=1, max_length=10_000)
 
 
-def _refuse(conn: Any, caller: Any, exc: accounts.AccountError, *, action: str, resource: str):
+def _refuse(
+    conn: psycopg.Connection,
+    caller: Caller,
+    exc: accounts.AccountError,
+    *,
+    action: str,
+    resource: str,
+) -> HTTPException:
+    """Audit a refused account change; the 422 to raise."""
     audited(conn, caller, action=action, resource=resource, outcome="invalid")
     conn.commit()
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))

@@ -67,8 +67,9 @@ def send_message(
     once stored, and its status follows the gateway's receipts."""
     resource = f"patient/{patient_id}/messages"
     action = "write.message"
-    require_permission(conn, caller, "follow_up", action=action, resource=resource)
-    require_patient(conn, caller, patient_id, action=action, resource=resource)
+    require_patient(
+        conn, caller, patient_id, action=action, resource=resource, permission="follow_up"
+    )
     try:
         message = messages.create_message(
             conn,
@@ -107,8 +108,9 @@ def start_call(
     runs until it is ended."""
     resource = f"patient/{patient_id}/calls"
     action = "write.call.start"
-    require_permission(conn, caller, "follow_up", action=action, resource=resource)
-    require_patient(conn, caller, patient_id, action=action, resource=resource)
+    require_patient(
+        conn, caller, patient_id, action=action, resource=resource, permission="follow_up"
+    )
     call = calls.start_call(
         conn,
         patient_id=patient_id,
@@ -161,8 +163,9 @@ def add_note(
     """A note on the patient, by the caller (a correction is a new note)."""
     resource = f"patient/{patient_id}/notes"
     action = "write.note"
-    require_permission(conn, caller, "follow_up", action=action, resource=resource)
-    require_patient(conn, caller, patient_id, action=action, resource=resource)
+    require_patient(
+        conn, caller, patient_id, action=action, resource=resource, permission="follow_up"
+    )
     text = body.body.strip()
     if not text:
         audited(conn, caller, action=action, resource=resource, outcome="invalid")

@@ -36,8 +36,9 @@ def create(
 ) -> dict[str, Any]:
     """Snooze the patient's flags of one rule and direction for ``minutes``."""
     resource = f"patient/{patient_id}/snoozes"
-    require_permission(conn, caller, "triage", action="write.snooze", resource=resource)
-    require_patient(conn, caller, patient_id, action="write.snooze", resource=resource)
+    require_patient(
+        conn, caller, patient_id, action="write.snooze", resource=resource, permission="triage"
+    )
     now = datetime.now(UTC)
     try:
         request.app.state.rules.rule(body.rule_id)

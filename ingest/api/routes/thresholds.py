@@ -118,5 +118,11 @@ def may_change(
     if scope == "program":
         require_permission(conn, caller, "program_thresholds", action=action, resource=resource)
     else:
-        require_permission(conn, caller, "patient_thresholds", action=action, resource=resource)
-        require_patient(conn, caller, scope_id, action=action, resource=resource)
+        require_patient(
+            conn,
+            caller,
+            scope_id,
+            action=action,
+            resource=resource,
+            permission="patient_thresholds",
+        )
